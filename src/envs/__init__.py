@@ -1,0 +1,1 @@
+"""Gymnasium environments of searchprune (the AMC-style layer-pruning environment lives here)."""

@@ -1,0 +1,99 @@
+"""The ``searchprune`` command line: ``run`` and ``list``.
+
+Exit status: 0 on success, 2 on a config or usage error (the message names the key and
+the fix), 1 on a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from searchprune.config import ConfigError, load_config
+
+
+def _run(args: argparse.Namespace) -> int:
+    from searchprune.runner import load_run_config, run
+
+    if args.resume:
+        config = load_run_config(args.resume, args.set)
+        if args.config:
+            given = load_config(args.config).resolved()
+            saved = {**config.resolved(), "run": given["run"]}
+            if {**given, "run": given["run"]} != saved:
+                raise ConfigError(
+                    f"{args.config} differs from the config of the run in {args.resume}; "
+                    "resume without CONFIG, or start a new run with --out"
+                )
+        run(config, args.resume, resume=True)
+        return 0
+    if not args.config:
+        raise ConfigError("searchprune run needs a CONFIG file (or --resume RUN_DIR)")
+    config = load_config(args.config, args.set)
+    out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run(config, out)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from searchprune.fitness import FITNESSES
+    from searchprune.pruners.criteria import CRITERIA
+    from searchprune.pruners.oneshot import METHODS
+    from searchprune.search import SEARCHERS
+    from searchprune.space import SPACES
+    from searchprune.tasks.builtin import BUILTIN_TASKS
+
+    sections: list[tuple[str, list[tuple[str, str]]]] = [
+        ("tasks", [(name, spec.description) for name, spec in sorted(BUILTIN_TASKS.items())]),
+        ("searchers", [(e.name, e.description) for e in SEARCHERS]),
+        ("methods (baselines)", [(e.name, e.description) for e in METHODS]),
+        ("spaces", [(e.name, e.description) for e in SPACES]),
+        ("criteria", [(e.name, e.description) for e in CRITERIA]),
+        ("fitness functions", [(e.name, e.description) for e in FITNESSES]),
+    ]
+    for title, entries in sections:
+        print(f"{title}:")
+        for name, description in entries:
+            print(f"  {name:<20} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="searchprune", description="Find how to prune a trained PyTorch network by search."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run a searcher or a baseline method from a YAML config")
+    run_parser.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
+    run_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="override a config key, e.g. --set run.max_evals=200 (repeatable)")
+    run_parser.add_argument("--out", type=Path, help="run directory (default runs/<config>-<time>)")
+    run_parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                            help="continue the run in RUN_DIR from its last checkpoint")
+    run_parser.set_defaults(handler=_run)
+    list_parser = commands.add_parser("list", help="list tasks, searchers, methods, criteria, fitness")
+    list_parser.set_defaults(handler=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as error:
+        print(f"searchprune: config error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("searchprune: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
+        return 1
+    except Exception as error:
+        print(f"searchprune: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

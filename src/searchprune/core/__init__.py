@@ -1,0 +1,1 @@
+"""Abstractions shared by every layer above: layers, dependency groups, masks, budgets."""

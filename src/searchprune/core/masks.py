@@ -1,0 +1,240 @@
+"""``MaskSet``: one boolean keep-mask per prunable layer, and its in-place application.
+
+Granularities:
+
+- ``weight``: any weight may be removed (unstructured; Han et al. 2015).
+- ``channel`` (``unit`` for Linear): whole output channels are removed, together with
+  the bias, the BatchNorm affine parameters and the residual partners of their
+  dependency group (:mod:`searchprune.core.graph`).
+- ``n:m``: in every run of ``m`` consecutive input weights of an output row, ``n`` are
+  kept (semi-structured sparsity, e.g. 2:4 on NVIDIA Ampere; Mishra et al. 2021).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import prune
+
+GRANULARITIES = ("weight", "channel", "unit", "n:m")
+_NM = re.compile(r"^(\d+):(\d+)$")
+
+
+def parse_granularity(value: str) -> str:
+    """Normalize a granularity name (``unit`` is ``channel``; ``2:4`` is an ``n:m``)."""
+    if value == "unit":
+        return "channel"
+    if value in ("weight", "channel") or _NM.match(value):
+        return value
+    raise ValueError(
+        f"unknown granularity {value!r}; use weight, channel (or unit), or n:m such as 2:4"
+    )
+
+
+def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
+    """Keep the ``n`` highest-scored of every ``m`` consecutive weights along each output
+    row (the input dimension, flattened with the kernel), e.g. 2:4 sparsity.
+
+    :raises ValueError: when a row's length is not a multiple of ``m``.
+    """
+    if not 0 < n <= m:
+        raise ValueError(f"n:m granularity needs 0 < n <= m, got {n}:{m}")
+    rows = scores.reshape(scores.shape[0], -1)
+    if rows.shape[1] % m:
+        raise ValueError(
+            f"n:m granularity {n}:{m} needs each output row's length ({rows.shape[1]}) to be a "
+            f"multiple of {m}"
+        )
+    blocks = rows.reshape(rows.shape[0], -1, m)
+    top = blocks.topk(n, dim=-1).indices
+    keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(-1, top, True)
+    return keep.reshape(scores.shape)
+
+
+def split_nm(granularity: str) -> tuple[int, int]:
+    """``"2:4"`` -> ``(2, 4)``."""
+    match = _NM.match(granularity)
+    if match is None:
+        raise ValueError(f"{granularity!r} is not an n:m granularity such as 2:4")
+    return int(match.group(1)), int(match.group(2))
+
+
+class MaskSet:
+    """Keep-masks (True = kept) for prunable layers, plus channel masks for norms.
+
+    ``weights`` maps a layer name to a mask of its weight's shape: boolean, or float
+    0/1 (faster to apply: the search hot path builds those). ``channels`` maps a
+    layer or BatchNorm name to a keep-mask over its output channels; for a layer, its
+    bias follows it, and at channel granularity its weight does too (the weight mask is
+    then the channel mask broadcast over the other dims).
+    """
+
+    def __init__(
+        self,
+        granularity: str,
+        weights: Mapping[str, Tensor] | None = None,
+        channels: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        self.granularity = granularity
+        self.weights: dict[str, Tensor] = {
+            k: v if v.dtype in (torch.bool, torch.float32) else v.bool() for k, v in (weights or {}).items()
+        }
+        self.channels: dict[str, Tensor] = {k: v.bool() for k, v in (channels or {}).items()}
+
+    def weight_mask(self, layer: str, shape: tuple[int, ...]) -> Tensor:
+        """The full weight-shaped keep-mask of ``layer`` (all True if unmasked)."""
+        if layer in self.weights:
+            return self.weights[layer].bool()
+        if layer in self.channels:
+            channel = self.channels[layer]
+            return channel.view(-1, *([1] * (len(shape) - 1))).expand(shape)
+        return torch.ones(shape, dtype=torch.bool)
+
+    def layer_names(self) -> list[str]:
+        return sorted(set(self.weights) | set(self.channels))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, MaskSet):
+            return NotImplemented
+        return (
+            self.granularity == other.granularity
+            and self.weights.keys() == other.weights.keys()
+            and self.channels.keys() == other.channels.keys()
+            and all(torch.equal(v.bool(), other.weights[k].bool()) for k, v in self.weights.items())
+            and all(torch.equal(v, other.channels[k]) for k, v in self.channels.items())
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"MaskSet(granularity={self.granularity!r}, weights={sorted(self.weights)}, "
+            f"channels={sorted(self.channels)})"
+        )
+
+    # ------------------------------------------------------------ save / load
+    def save(self, path: str | Path) -> None:
+        """Write the masks to a compressed ``.npz`` (readable without searchprune)."""
+        arrays: dict[str, np.ndarray] = {"__granularity__": np.array(self.granularity)}
+        for name, mask in self.weights.items():
+            arrays[f"weight/{name}"] = mask.bool().cpu().numpy()
+        for name, mask in self.channels.items():
+            arrays[f"channel/{name}"] = mask.cpu().numpy()
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, path: str | Path) -> MaskSet:
+        with np.load(path) as data:
+            weights, channels = {}, {}
+            for key in data.files:
+                if key.startswith("weight/"):
+                    weights[key[len("weight/"):]] = torch.from_numpy(data[key].copy())
+                elif key.startswith("channel/"):
+                    channels[key[len("channel/"):]] = torch.from_numpy(data[key].copy())
+            return cls(str(data["__granularity__"]), weights, channels)
+
+    # ----------------------------------------------- torch.nn.utils.prune bridge
+    def to_torch_prune(self, model: nn.Module) -> None:
+        """Attach these masks with :func:`torch.nn.utils.prune.custom_from_mask`.
+
+        Masked layers then carry ``weight_orig`` and a ``weight_mask`` buffer, as with any
+        of torch's own pruning methods; ``prune.remove`` makes the pruning permanent.
+        """
+        modules = dict(model.named_modules())
+        for name in self.layer_names():
+            module = modules[name]
+            if not hasattr(module, "weight"):  # a BatchNorm channel mask: no weight pruning
+                continue
+            shape = tuple(module.weight.shape)
+            device = module.weight.device
+            prune.custom_from_mask(module, "weight", self.weight_mask(name, shape).to(device))
+            if name in self.channels and getattr(module, "bias", None) is not None:
+                prune.custom_from_mask(module, "bias", self.channels[name].to(device))
+
+    @classmethod
+    def from_torch_prune(cls, model: nn.Module, granularity: str = "weight") -> MaskSet:
+        """Read the ``weight_mask`` buffers that torch's pruning left on ``model``."""
+        weights = {
+            name: module.weight_mask.detach().cpu().bool()
+            for name, module in model.named_modules()
+            if hasattr(module, "weight_mask")
+        }
+        if not weights:
+            raise ValueError("the model carries no torch.nn.utils.prune masks (no weight_mask)")
+        return cls(granularity, weights)
+
+
+class MaskApplier:
+    """Applies a :class:`MaskSet` to a model in place and restores it bit-exactly.
+
+    The dense values of every maskable tensor are copied once, when the applier is built;
+    applying a mask is then one ``torch.mul(dense, mask, out=param)`` per tensor, and
+    restoring is one ``copy_``: no deepcopy of the model per candidate. BatchNorm running
+    statistics are saved too, so a recalibration can be undone.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], norms: list[str]) -> None:
+        self.model = model
+        modules = dict(model.named_modules())
+        self._tensors: dict[str, tuple[Tensor, Tensor]] = {}
+        for name in [*layers, *norms]:
+            module = modules[name]
+            for attr in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                tensor = getattr(module, attr, None)
+                if isinstance(tensor, Tensor):
+                    self._tensors[f"{name}.{attr}"] = (tensor.data, tensor.detach().clone())
+        self._touched: set[str] = set()
+
+    def _set(self, key: str, mask: Tensor) -> None:
+        live, dense = self._tensors[key]
+        torch.mul(dense, mask.to(dense.device), out=live)
+        self._touched.add(key)
+
+    def apply(self, masks: MaskSet) -> None:
+        """Zero what ``masks`` removes, undoing any previous mask first.
+
+        Tensors the new mask overwrites whole are not restored first (this runs once
+        per candidate).
+        """
+        overwritten = {f"{name}.weight" for name in masks.weights}
+        for key in self._touched - overwritten:
+            live, dense = self._tensors[key]
+            live.copy_(dense)
+        self._touched &= overwritten
+        for name, mask in masks.weights.items():
+            self._set(f"{name}.weight", mask)
+        for name, channel in masks.channels.items():
+            key = f"{name}.weight"
+            if name not in masks.weights and key in self._tensors:
+                live = self._tensors[key][0]
+                self._set(key, channel.view(-1, *([1] * (live.dim() - 1))))
+            if f"{name}.bias" in self._tensors:
+                self._set(f"{name}.bias", channel)
+
+    def mark_stats_changed(self) -> None:
+        """Record that BatchNorm running statistics were changed (by recalibration)."""
+        self._touched.update(
+            key for key in self._tensors
+            if key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+        )
+
+    def restore(self) -> None:
+        """Put back the dense values of everything changed since the last restore."""
+        for key in self._touched:
+            live, dense = self._tensors[key]
+            live.copy_(dense)
+        self._touched.clear()
+
+    @contextmanager
+    def applied(self, masks: MaskSet) -> Iterator[nn.Module]:
+        """Context manager: the model with ``masks`` applied, restored on exit."""
+        self.apply(masks)
+        try:
+            yield self.model
+        finally:
+            self.restore()

@@ -1,0 +1,138 @@
+"""Scoring a masked model: the fitness plug-in API and the built-in fitness functions.
+
+A fitness is any callable ``fitness(ctx) -> float | dict``. A dict must hold a
+``"fitness"`` key; its other numeric entries are logged as metrics. Higher is better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from searchprune.core.masks import MaskSet
+from searchprune.registry import Registry
+from searchprune.tasks.base import LossFn, Split
+
+
+class FitnessError(RuntimeError):
+    """A fitness function raised, or returned something that is not a finite number."""
+
+
+@dataclass
+class FitnessContext:
+    """What a fitness function sees.
+
+    ``model`` has the candidate's masks applied and is in eval mode; ``val`` and
+    ``train`` are the task's splits (never test); ``stats`` holds ``sparsity``,
+    ``flops_fraction``, ``params_fraction``, ``flops`` and ``params`` of the candidate.
+    """
+
+    model: nn.Module
+    val: Split
+    train: Split
+    device: torch.device
+    masks: MaskSet
+    stats: dict[str, float]
+    loss: LossFn
+    _outputs: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+
+    def outputs(self) -> tuple[Tensor, Tensor]:
+        """Logits and targets over the whole val split (computed once, then cached)."""
+        if self._outputs is None:
+            logits, targets = [], []
+            for inputs, target in self.val:
+                logits.append(self.model(inputs.to(self.device)))
+                targets.append(target.to(self.device))
+            self._outputs = (torch.cat(logits), torch.cat(targets))
+        return self._outputs
+
+    def accuracy(self) -> float:
+        logits, targets = self.outputs()
+        return float((logits.argmax(dim=1) == targets).float().mean())
+
+    def mean_loss(self) -> float:
+        logits, targets = self.outputs()
+        return float(self.loss(logits, targets))
+
+
+FitnessFn = Callable[[FitnessContext], "float | dict[str, Any]"]
+FITNESSES: Registry[FitnessFn] = Registry("fitness", "fitness.name")
+
+
+@FITNESSES.register("accuracy", "val accuracy of the masked model")
+def accuracy(ctx: FitnessContext) -> dict[str, float]:
+    acc = ctx.accuracy()
+    return {"fitness": acc, "val_accuracy": acc, "val_loss": ctx.mean_loss()}
+
+
+@FITNESSES.register("neg_loss", "minus the val loss of the masked model")
+def neg_loss(ctx: FitnessContext) -> dict[str, float]:
+    loss = ctx.mean_loss()
+    return {"fitness": -loss, "val_accuracy": ctx.accuracy(), "val_loss": loss}
+
+
+@FITNESSES.register("r_err", "AMC's R_err = -error (He et al. 2018)")
+def r_err(ctx: FitnessContext) -> dict[str, float]:
+    """AMC's resource-constrained reward ``R_err = -Error`` (He et al. 2018, eq. 1)."""
+    acc = ctx.accuracy()
+    return {"fitness": -(1.0 - acc), "val_accuracy": acc}
+
+
+@FITNESSES.register("r_flops", "AMC's R_FLOPs = -error * log(FLOPs) (He et al. 2018)")
+def r_flops(ctx: FitnessContext) -> dict[str, float]:
+    """AMC's accuracy-guaranteed reward ``R_FLOPs = -Error * log(FLOPs)`` (He et al. 2018),
+    which rewards FLOPs reduction on top of accuracy."""
+    acc = ctx.accuracy()
+    flops = max(float(ctx.stats["flops"]), 1.0)
+    return {"fitness": -(1.0 - acc) * math.log(flops), "val_accuracy": acc}
+
+
+def call_fitness(fn: FitnessFn, ctx: FitnessContext, candidate: str) -> tuple[float, dict[str, float]]:
+    """Run ``fn`` and check what it returns.
+
+    :raises FitnessError: naming ``candidate`` when ``fn`` raises or returns a value that
+        is not a finite number.
+    """
+    name = getattr(fn, "__name__", repr(fn))
+    try:
+        value = fn(ctx)
+    except Exception as error:
+        raise FitnessError(
+            f"fitness {name!r} raised {type(error).__name__} on candidate {candidate}: {error}"
+        ) from error
+    metrics: dict[str, float] = {}
+    if isinstance(value, dict):
+        if "fitness" not in value:
+            raise FitnessError(
+                f"fitness {name!r} returned a dict without a 'fitness' key on candidate "
+                f"{candidate} (keys: {sorted(value)})"
+            )
+        metrics = {k: float(v) for k, v in value.items() if k != "fitness" and _is_number(v)}
+        value = value["fitness"]
+    if not _is_number(value):
+        raise FitnessError(
+            f"fitness {name!r} returned {value!r} ({type(value).__name__}) on candidate "
+            f"{candidate}; return a float or a dict with a 'fitness' key"
+        )
+    score = float(value)
+    if not math.isfinite(score):
+        raise FitnessError(
+            f"fitness {name!r} returned {score} on candidate {candidate}; set "
+            "fitness.penalty to score such candidates instead of stopping"
+        )
+    return score, metrics
+
+
+def _is_number(value: object) -> bool:
+    if isinstance(value, Tensor):
+        return value.numel() == 1
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return not isinstance(value, (str, bytes))

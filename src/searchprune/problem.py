@@ -1,0 +1,196 @@
+"""``Problem`` = task + space + budget + fitness: everything needed to score a genome.
+
+The problem holds the task *without* its test split: nothing that scores candidates can
+reach test data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from searchprune.core.budget import Budget
+from searchprune.core.graph import DependencyGraph, build_dependency_graph
+from searchprune.core.layers import LayerInfo, discover_layers
+from searchprune.core.masks import MaskApplier, MaskSet, parse_granularity
+from searchprune.core.stats import mask_stats
+from searchprune.core.units import CostModel
+from searchprune.fitness import FitnessContext, FitnessError, FitnessFn, call_fitness
+from searchprune.pruners.criteria import CRITERIA
+from searchprune.space import SPACES, Space
+from searchprune.tasks.base import Split, Task
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass
+class Evaluation:
+    """The score of one candidate: its fitness, metrics (val figures and budget figures)
+    and, when a configured penalty replaced a failed fitness, the error."""
+
+    fitness: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _on_device(split: Split, device: torch.device) -> Split:
+    tensors = split.tensors
+    if tensors is None:
+        return split
+    return Split((tensors[0].to(device), tensors[1].to(device)), split.batch_size)
+
+
+class Problem:
+    """Scores genomes of a :class:`Space` on a task's val split under a budget."""
+
+    def __init__(
+        self,
+        task: Task,
+        *,
+        budget: Budget,
+        fitness: FitnessFn,
+        space: str = "layer-ratios",
+        granularity: str = "weight",
+        criterion: str = "magnitude",
+        min_ratio: float = 0.0,
+        max_ratio: float | None = None,
+        layer_bounds: Mapping[str, tuple[float, float]] | None = None,
+        exclude_output: bool = True,
+        exclude: Sequence[str] = (),
+        bn_samples: int | None = None,
+        penalty: float | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.task = task.without_test()
+        self.budget = budget
+        self.fitness = fitness
+        self.penalty = penalty
+        self.device = torch.device(device)
+        self.model = self.task.model.to(self.device).eval()
+        example = self.task.example_input().to(self.device)
+        self.layers: list[LayerInfo] = discover_layers(
+            self.model, example, exclude_output=exclude_output, exclude=exclude
+        )
+        self.graph: DependencyGraph = build_dependency_graph(self.model, example, self.layers)
+        self.granularity = parse_granularity(granularity)
+        self.cost = CostModel(self.layers, self.graph, self.granularity)
+        prunable = [layer for layer in self.layers if layer.prunable]
+        self.weight_scores = CRITERIA.get(criterion)(self.model, prunable, self.task)
+        self.space: Space = SPACES.get(space)(
+            self.cost, budget, self.weight_scores,
+            min_ratio=min_ratio, max_ratio=max_ratio, layer_bounds=layer_bounds,
+        )
+        norms = [name for name, module in self.model.named_modules() if isinstance(module, _NORMS)]
+        self.applier = MaskApplier(self.model, [layer.name for layer in prunable], norms)
+        self.val = _on_device(self.task.split("val"), self.device)
+        self.train = _on_device(self.task.split("train"), self.device)
+        if bn_samples is None:
+            bn_samples = 512 if norms else 0
+        self._bn_batch = self._calibration_batch(bn_samples) if norms and bn_samples > 0 else None
+
+    def _calibration_batch(self, samples: int) -> Tensor:
+        """The first ``samples`` train inputs, in the split's fixed order."""
+        parts, count = [], 0
+        for inputs, _ in self.train:
+            parts.append(inputs)
+            count += len(inputs)
+            if count >= samples:
+                break
+        return torch.cat(parts)[:samples].to(self.device)
+
+    @torch.no_grad()
+    def _recalibrate(self) -> None:
+        """Re-estimate BatchNorm statistics of the masked model on train inputs
+        (EagleEye, Li et al. 2020): pruning shifts them, and stale ones mislead fitness."""
+        assert self._bn_batch is not None
+        norms = [m for m in self.model.modules() if isinstance(m, _NORMS)]
+        momenta = [m.momentum for m in norms]
+        for module in norms:
+            module.reset_running_stats()
+            module.momentum = None
+            module.train()
+        self.applier.mark_stats_changed()
+        self.model(self._bn_batch)
+        for module, momentum in zip(norms, momenta, strict=True):
+            module.momentum = momentum
+            module.eval()
+
+    @contextmanager
+    def masked(self, masks: MaskSet) -> Iterator[nn.Module]:
+        """The model with ``masks`` applied (and BatchNorm recalibrated, when configured),
+        in eval mode; dense again on exit."""
+        try:
+            self._apply(masks)
+            yield self.model
+        finally:
+            self.applier.restore()
+
+    def _apply(self, masks: MaskSet) -> None:
+        self.applier.apply(masks)
+        if self._bn_batch is not None:
+            self._recalibrate()
+
+    def _score(self, masks: MaskSet, stats: dict[str, float], label: str) -> Evaluation:
+        self._apply(masks)
+        ctx = FitnessContext(
+            model=self.model, val=self.val, train=self.train, device=self.device,
+            masks=masks, stats=stats, loss=self.task.loss,
+        )
+        try:
+            with torch.inference_mode():
+                fitness, metrics = call_fitness(self.fitness, ctx, label)
+        except FitnessError as error:
+            if self.penalty is None:
+                raise
+            return Evaluation(self.penalty, dict(stats), error=str(error))
+        return Evaluation(fitness, {**metrics, **stats})
+
+    def score(self, genomes: np.ndarray, labels: Sequence[str]) -> list[Evaluation]:
+        """Score repaired genomes ``(P, dim)``; ``labels`` name them in error messages.
+
+        The model is left dense afterwards.
+        """
+        figures = self.space.figures(genomes)
+        try:
+            results = []
+            for index, genome in enumerate(genomes):
+                stats = {key: float(values[index]) for key, values in figures.items()}
+                stats["flops"] = stats["flops_fraction"] * self.cost.dense_flops
+                stats["params"] = stats["params_fraction"] * self.cost.dense_params
+                results.append(self._score(self.space.decode(genome), stats, labels[index]))
+            return results
+        finally:
+            self.applier.restore()
+
+    def score_masks(self, masks: MaskSet, label: str = "masks") -> Evaluation:
+        """Score any masks (a baseline's, a loaded file's), with exact statistics."""
+        stats = self.exact_stats(masks)
+        try:
+            return self._score(masks, stats, label)
+        finally:
+            self.applier.restore()
+
+    def exact_stats(self, masks: MaskSet) -> dict[str, float]:
+        """Exact sparsity, FLOPs and params of ``masks`` (dead units included)."""
+        exact = mask_stats(masks, self.layers, self.graph)
+        return {
+            "sparsity": exact.sparsity,
+            "flops_fraction": exact.flops_fraction,
+            "params_fraction": exact.params_fraction,
+            "flops": float(exact.flops),
+            "params": float(exact.params),
+        }
+
+    def layer_density(self, masks: MaskSet) -> dict[str, float]:
+        """Kept fraction of each prunable layer's weights (dead weights count as removed)."""
+        density = mask_stats(masks, self.layers, self.graph).layer_density
+        return {layer.name: density[layer.name] for layer in self.layers if layer.prunable}
+
+    def dense(self) -> MaskSet:
+        """Masks that keep everything (the dense model)."""
+        return MaskSet(self.granularity)

@@ -1,0 +1,1 @@
+"""Pruning criteria and baseline methods."""

@@ -1,0 +1,89 @@
+"""Run reports: ``summary.json``, PNG plots and the console comparison table."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_fitness(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Fitness of every evaluation and the best so far, against evaluations."""
+    scored = [row for row in history if row.get("fitness") is not None]
+    if not scored:
+        return
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    evals = [row["eval"] for row in scored]
+    axes.scatter(evals, [row["fitness"] for row in scored], s=4, alpha=0.35, label="candidate")
+    axes.plot(evals, [row["best"] for row in scored], color="C3", label="best so far")
+    axes.set_xlabel("evaluations")
+    axes.set_ylabel("val fitness")
+    axes.set_title(title)
+    axes.legend(loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_layer_sparsity(densities: Mapping[str, Mapping[str, float]], path: Path, title: str) -> None:
+    """Grouped bars: fraction of each layer's weights removed, one bar per method."""
+    methods = list(densities)
+    layers = list(next(iter(densities.values())))
+    width = 0.8 / max(len(methods), 1)
+    figure, axes = plt.subplots(figsize=(max(6.4, 0.9 * len(layers) + 2), 4.0))
+    for index, method in enumerate(methods):
+        removed = [1.0 - densities[method][layer] for layer in layers]
+        positions = [i + (index - (len(methods) - 1) / 2) * width for i in range(len(layers))]
+        axes.bar(positions, removed, width=width, label=method)
+    axes.set_xticks(range(len(layers)))
+    axes.set_xticklabels(layers, rotation=30, ha="right")
+    axes.set_ylabel("fraction of weights removed")
+    axes.set_ylim(0, 1)
+    axes.set_title(title)
+    axes.legend(loc="upper left", fontsize="small")
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def comparison_table(summary: Mapping[str, Any]) -> str:
+    """The side-by-side console table: dense, best found, and each baseline."""
+    budget = ", ".join(f"{k} {v}" for k, v in summary["budget"].items())
+    rows = [("dense", summary["dense"], None)]
+    rows.append((f"best ({summary['method']})", summary["best"], summary["best"].get("val_fitness")))
+    rows += [(name, figures, figures.get("val_fitness")) for name, figures in summary["baselines"].items()]
+    header = f"{'':<26}{'val acc':>9}{'test acc':>10}{'sparsity':>10}{'FLOPs':>8}{'params':>8}"
+    lines = [f"budget: {budget}   evaluations: {summary['evaluations']}   "
+             f"wall time: {summary['wall_time_s']:.1f} s", header]
+    for name, figures, _ in rows:
+        lines.append(
+            f"{name:<26}{_pct(figures.get('val_accuracy')):>9}{_pct(figures.get('test_accuracy')):>10}"
+            f"{_pct(figures.get('sparsity', 0.0)):>10}{_pct(figures.get('flops_fraction', 1.0)):>8}"
+            f"{_pct(figures.get('params_fraction', 1.0)):>8}"
+        )
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

@@ -1,0 +1,353 @@
+"""Builds a run from a config and drives the one search loop every searcher shares.
+
+The loop owns termination (evaluations, wall time, target fitness), seeding, the
+progress bar, ``history.jsonl``, a checkpoint after every generation and resuming from
+it. At the end it scores the best candidate and the baselines on val and test and
+writes the report. Search and fitness never see the test split: only the
+:class:`Problem` (built from ``task.without_test()``) scores candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from searchprune.config import Config, ConfigError, apply_override, validate_config
+from searchprune.core.layers import NoPrunableLayerError
+from searchprune.core.masks import MaskSet
+from searchprune.evaluate import Evaluator, LocalEvaluator, Result
+from searchprune.fitness import FITNESSES, FitnessFn
+from searchprune.problem import Evaluation, Problem
+from searchprune.pruners.oneshot import METHODS
+from searchprune.registry import UnknownNameError, import_object, unknown_name_message
+from searchprune.report import comparison_table, plot_fitness, plot_layer_sparsity, read_history, write_json
+from searchprune.search import SEARCHERS, Searcher
+from searchprune.space import BudgetError
+from searchprune.tasks.base import Split, Task, score_model
+from searchprune.tasks.builtin import BUILTIN_TASKS, load_builtin_task
+
+CHECKPOINT = "checkpoint.pkl"
+HISTORY = "history.jsonl"
+
+
+# --------------------------------------------------------------------- building
+def build_task(config: Config) -> Task:
+    """The built-in task named in the config, or the user's ``package.module:factory``."""
+    spec = config.task
+    if ":" not in spec.name:
+        if spec.options:
+            raise ConfigError(
+                f"task: built-in task {spec.name!r} takes no options {sorted(spec.options)}; "
+                "only name and seed"
+            )
+        if spec.name not in BUILTIN_TASKS:
+            raise ConfigError(unknown_name_message("task.name", "task", spec.name, sorted(BUILTIN_TASKS)))
+        return load_builtin_task(spec.name, seed=spec.seed)
+    factory = import_object(spec.name, "task.name")
+    if not callable(factory):
+        raise ConfigError(f"task.name: {spec.name!r} is not callable")
+    task = factory(**spec.options)
+    if not isinstance(task, Task):
+        raise ConfigError(
+            f"task.name: {spec.name!r} returned {type(task).__name__}; a task factory must "
+            "return searchprune.Task(model=..., train=..., val=..., test=...)"
+        )
+    return task
+
+
+def resolve_fitness(name: str) -> FitnessFn:
+    if ":" in name:
+        fn = import_object(name, "fitness.name")
+        if not callable(fn):
+            raise ConfigError(f"fitness.name: {name!r} is not callable")
+        return fn  # type: ignore[return-value]
+    return FITNESSES.get(name)
+
+
+def build_problem(config: Config, task: Task) -> Problem:
+    space = config.space
+    return Problem(
+        task,
+        budget=config.budget_spec,
+        fitness=resolve_fitness(config.fitness.name),
+        space=space.name,
+        granularity=space.granularity,
+        criterion=space.criterion,
+        min_ratio=space.min_ratio,
+        max_ratio=space.max_ratio,
+        layer_bounds=space.layer_bounds,
+        exclude_output=space.exclude_output,
+        exclude=space.exclude,
+        bn_samples=config.fitness.bn_samples,
+        penalty=config.fitness.penalty,
+        device=config.evaluator.device,
+    )
+
+
+def build_searcher(config: Config, problem: Problem) -> Searcher:
+    assert config.searcher is not None
+    cls = SEARCHERS.get(config.searcher.name)
+    try:
+        params = cls.Params.model_validate(config.searcher.model_extra or {})
+    except ValidationError as error:
+        lines = []
+        for item in error.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            if item["type"] == "extra_forbidden":
+                valid = ", ".join(["name", *sorted(cls.Params.model_fields)])
+                lines.append(f"searcher.{key}: unknown key for searcher {cls.name!r}; valid keys: {valid}")
+            else:
+                lines.append(f"searcher.{key}: {item['msg']} (got {item.get('input')!r})")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
+    try:
+        return cls(problem.space, params, seed=config.run.seed)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def build_evaluator(config: Config, problem: Problem) -> Evaluator:
+    return LocalEvaluator(problem, cache=config.evaluator.cache)
+
+
+def check_names(config: Config) -> None:
+    """Fail fast, before any training, on names no registry knows."""
+    from searchprune.pruners.criteria import CRITERIA
+    from searchprune.space import SPACES
+
+    checks: list[tuple[Any, str]] = [(SPACES, config.space.name), (CRITERIA, config.space.criterion)]
+    if ":" not in config.fitness.name:
+        checks.append((FITNESSES, config.fitness.name))
+    if config.searcher is not None:
+        checks.append((SEARCHERS, config.searcher.name))
+    if config.method is not None:
+        checks.append((METHODS, config.method))
+    checks += [(METHODS, name) for name in config.baselines]
+    for registry, name in checks:
+        try:
+            registry.get(name)
+        except UnknownNameError as error:
+            message = str(error)
+            if registry is METHODS and config.method != name:
+                message = message.replace("method:", "baselines:", 1)
+            raise ConfigError(message) from None
+
+
+# ------------------------------------------------------------------------- loop
+@dataclass
+class LoopState:
+    """What the run loop must remember across a checkpoint."""
+
+    evals: int = 0
+    elapsed: float = 0.0
+    best_fitness: float = -math.inf
+    best_genome: np.ndarray | None = None
+    best_index: int = -1
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+    def update(self, index: int, result: Result) -> None:
+        if result.fitness > self.best_fitness:
+            self.best_fitness = result.fitness
+            self.best_genome = result.genome.copy()
+            self.best_index = index
+            self.best_metrics = dict(result.evaluation.metrics)
+
+
+def _genome_record(genome: np.ndarray) -> list[float] | str:
+    if genome.dtype == bool:
+        return np.packbits(genome).tobytes().hex()
+    return [round(float(g), 6) for g in genome]
+
+
+def _history_line(index: int, result: Result, best: float) -> str:
+    row: dict[str, Any] = {
+        "eval": index,
+        "fitness": result.fitness,
+        "best": best,
+        **{k: round(v, 6) for k, v in result.evaluation.metrics.items()},
+        "cached": result.cached,
+        "genome": _genome_record(result.genome),
+    }
+    if result.evaluation.error:
+        row["error"] = result.evaluation.error
+    return json.dumps(row)
+
+
+def _save_checkpoint(out: Path, state: LoopState, searcher: Searcher) -> None:
+    tmp = out / (CHECKPOINT + ".tmp")
+    with open(tmp, "wb") as handle:
+        pickle.dump({"loop": state, "searcher": searcher.state_dict()}, handle)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def _load_checkpoint(out: Path, searcher: Searcher) -> LoopState:
+    with open(out / CHECKPOINT, "rb") as handle:
+        saved = pickle.load(handle)
+    searcher.load_state_dict(saved["searcher"])
+    state: LoopState = saved["loop"]
+    lines = (out / HISTORY).read_text().splitlines(keepends=True)[: state.evals]
+    (out / HISTORY).write_text("".join(lines))
+    return state
+
+
+def search_loop(
+    config: Config, searcher: Searcher, evaluator: Evaluator, out: Path, state: LoopState
+) -> LoopState:
+    """Ask, evaluate, tell, log and checkpoint until a stopping rule fires."""
+    run = config.run
+    started = time.perf_counter() - state.elapsed
+    bar = tqdm(total=run.max_evals, initial=state.evals, disable=not run.progress,
+               desc=f"{searcher.name}", unit="eval", dynamic_ncols=True)
+    with open(out / HISTORY, "a") as history:
+        while state.evals < run.max_evals:
+            if run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds:
+                break
+            if run.target_fitness is not None and state.best_fitness >= run.target_fitness:
+                break
+            genomes = searcher.ask(min(searcher.batch_size, run.max_evals - state.evals))
+            results = evaluator.evaluate(genomes, first_index=state.evals)
+            searcher.tell(np.stack([r.genome for r in results]), np.array([r.fitness for r in results]))
+            for result in results:
+                state.update(state.evals, result)
+                history.write(_history_line(state.evals, result, state.best_fitness) + "\n")
+                state.evals += 1
+            history.flush()
+            state.elapsed = time.perf_counter() - started
+            _save_checkpoint(out, state, searcher)
+            bar.update(len(results))
+            bar.set_postfix(best=f"{state.best_fitness:.4f}", refresh=False)
+    bar.close()
+    return state
+
+
+# ----------------------------------------------------------------------- report
+def _test_split(task: Task, device: torch.device) -> Split | None:
+    if task.test is None:
+        return None
+    split = task.split("test")
+    tensors = split.tensors
+    return split if tensors is None else Split((tensors[0].to(device), tensors[1].to(device)), split.batch_size)
+
+
+def _figures(problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None) -> dict[str, Any]:
+    stats = problem.exact_stats(masks)
+    with problem.masked(masks) as model:
+        val = score_model(model, problem.val, problem.task.loss)
+        test_acc = score_model(model, test, problem.task.loss).accuracy if test is not None else None
+    return {
+        "val_fitness": evaluation.fitness,
+        "val_accuracy": val.accuracy,
+        "test_accuracy": test_acc,
+        "sparsity": stats["sparsity"],
+        "flops_fraction": stats["flops_fraction"],
+        "params_fraction": stats["params_fraction"],
+    }
+
+
+def finish(
+    config: Config, task: Task, problem: Problem, best: tuple[MaskSet, Evaluation],
+    state: LoopState, out: Path, echo: Callable[[str], None],
+) -> dict[str, Any]:
+    """Score the best masks and the baselines on val and test; write the report."""
+    test = _test_split(task, problem.device)
+    masks, evaluation = best
+    masks.save(out / "best_masks.npz")
+    dense_val = score_model(problem.model, problem.val, problem.task.loss)
+    dense_test = score_model(problem.model, test, problem.task.loss) if test is not None else None
+    densities = {"best": problem.layer_density(masks)}
+    baselines: dict[str, dict[str, Any]] = {}
+    for name in config.baselines:
+        if name == config.method:
+            continue
+        baseline_masks = METHODS.get(name)(problem)
+        baselines[name] = _figures(problem, baseline_masks, problem.score_masks(baseline_masks, name), test)
+        densities[name] = problem.layer_density(baseline_masks)
+    summary = {
+        "seed": config.run.seed,
+        "task": config.task.name,
+        "method": config.method or (config.searcher.name if config.searcher else ""),
+        "evaluations": state.evals,
+        "wall_time_s": round(state.elapsed, 3),
+        "budget": config.budget,
+        "dense": {"val_accuracy": dense_val.accuracy,
+                  "test_accuracy": dense_test.accuracy if dense_test else None},
+        "best": {**_figures(problem, masks, evaluation, test), "eval_index": state.best_index},
+        "baselines": baselines,
+    }
+    write_json(out / "summary.json", summary)
+    plot_fitness(read_history(out / HISTORY), out / "fitness.png",
+                 f"{summary['method']} on {config.task.name}")
+    plot_layer_sparsity(densities, out / "layer_sparsity.png",
+                        f"per-layer sparsity, {config.task.name}, budget {config.budget}")
+    echo(comparison_table(summary))
+    echo(f"run directory: {out}")
+    return summary
+
+
+def run(config: Config, out: str | Path, *, resume: bool = False,
+        echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run a config into directory ``out`` (or continue the run there); return the summary."""
+    out = Path(out)
+    check_names(config)
+    if not resume and (out / CHECKPOINT).exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume {out} or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
+    torch.set_num_threads(config.evaluator.threads)
+    random.seed(config.run.seed)
+    torch.manual_seed(config.run.seed)
+    task = build_task(config)
+    try:
+        problem = build_problem(config, task)
+    except (BudgetError, NoPrunableLayerError, UnknownNameError) as error:
+        raise ConfigError(str(error)) from None
+    if config.method is not None:
+        started = time.perf_counter()
+        masks = METHODS.get(config.method)(problem)
+        evaluation = problem.score_masks(masks, config.method)
+        state = LoopState(evals=1, elapsed=time.perf_counter() - started,
+                          best_fitness=evaluation.fitness, best_index=0)
+        (out / HISTORY).write_text(json.dumps(
+            {"eval": 0, "fitness": evaluation.fitness, "best": evaluation.fitness,
+             **evaluation.metrics}) + "\n")
+        return finish(config, task, problem, (masks, evaluation), state, out, echo)
+    searcher = build_searcher(config, problem)
+    state = LoopState()
+    if resume and (out / CHECKPOINT).exists():
+        state = _load_checkpoint(out, searcher)
+        echo(f"resuming {out} at evaluation {state.evals}")
+    else:
+        (out / HISTORY).write_text("")
+    with build_evaluator(config, problem) as evaluator:
+        state = search_loop(config, searcher, evaluator, out, state)
+    if state.best_genome is None:
+        raise RuntimeError("the run ended before any candidate was evaluated")
+    best_masks = problem.space.decode(state.best_genome)
+    best_eval = Evaluation(state.best_fitness, state.best_metrics)
+    return finish(config, task, problem, (best_masks, best_eval), state, out, echo)
+
+
+def load_run_config(out: str | Path, overrides: list[str] | None = None) -> Config:
+    """The resolved config of an existing run, with ``run.*`` overrides allowed."""
+    path = Path(out) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"--resume {out}: no run there (missing config.yaml)")
+    data = yaml.safe_load(path.read_text())
+    for assignment in overrides or []:
+        if not assignment.startswith("run."):
+            raise ConfigError(f"--set {assignment!r}: a resumed run only takes run.* overrides")
+        apply_override(data, assignment)
+    return validate_config(data)

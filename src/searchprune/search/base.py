@@ -1,0 +1,68 @@
+"""The ask/tell :class:`Searcher` base class and the searcher registry.
+
+A searcher proposes genomes (``ask``), learns from their scores (``tell``), and can be
+checkpointed (``state_dict`` / ``load_state_dict``). It never evaluates anything
+itself: one run loop (:mod:`searchprune.runner`) owns evaluation, termination,
+progress, logging, checkpoints and seeding, for every searcher alike.
+
+Genomes come back from ``tell`` *repaired* (moved onto the budget), and searchers keep
+the repaired versions, as AMC's action wall does (He et al. 2018).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from searchprune.registry import Registry
+from searchprune.space import Space
+
+
+class SearcherParams(BaseModel):
+    """Settings every searcher accepts; subclasses add their own.
+
+    ``population`` is how many genomes a searcher proposes per round (a GA's
+    generation, a swarm's size, random search's batch), so that switching searchers
+    with ``--set searcher.name=...`` keeps a config valid.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    population: int = Field(32, ge=1, description="genomes proposed per round (generation)")
+
+
+class Searcher(ABC):
+    """Ask/tell search over the genomes of a :class:`Space`."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[SearcherParams]] = SearcherParams
+
+    def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
+        self.space = space
+        self.params = params
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def batch_size(self) -> int:
+        """How many genomes the run loop asks for at a time (one generation)."""
+        return self.params.population
+
+    @abstractmethod
+    def ask(self, n: int) -> np.ndarray:
+        """Up to ``n`` genomes to evaluate next, shape ``(k, dim)`` with ``1 <= k <= n``."""
+
+    @abstractmethod
+    def tell(self, genomes: np.ndarray, fitness: np.ndarray) -> None:
+        """Scores of the genomes last asked for, in the same order (repaired genomes)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this searcher is."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+
+SEARCHERS: Registry[type[Searcher]] = Registry("searcher", "searcher.name")

@@ -1,0 +1,19 @@
+"""Random search: independent samples of the space, each repaired to the budget."""
+
+from __future__ import annotations
+
+import numpy as np
+from searchprune.search.base import SEARCHERS, Searcher
+
+@SEARCHERS.register("random", "independent random genomes repaired to the budget (baseline)")
+class RandomSearch(Searcher):
+    """Uniform random genomes, the baseline every searcher must beat (Bergstra & Bengio 2012
+    showed random search is a strong baseline for hyper-parameter search)."""
+
+    name = "random"
+
+    def ask(self, n: int) -> np.ndarray:
+        return self.space.sample(self.rng, n)
+
+    def tell(self, genomes: np.ndarray, fitness: np.ndarray) -> None:
+        """Random search learns nothing."""

@@ -1,0 +1,268 @@
+"""Search spaces: how a searcher sees a candidate, and how it becomes a :class:`MaskSet`.
+
+``layer-ratios``
+    One real gene per unit (layer at weight granularity, channel group at channel
+    granularity): the fraction of the unit to remove. Inside each unit, elements are
+    removed in the order of a criterion's scores (magnitude by default), as in AMC
+    (He et al. 2018), where the agent picks per-layer ratios and magnitude picks the
+    weights.
+``binary``
+    One bit per channel/unit (1 = keep), as in GA channel pruning (Hu et al. 2018).
+
+Both spaces *repair* any genome so that its decoded masks meet the budget exactly: the
+result meets the budget, and giving back one element in every unit would break it.
+Repair works on whole batches of genomes at once (it runs per candidate, so it is on
+the hot path).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from searchprune.core.budget import Budget
+from searchprune.core.masks import MaskSet
+from searchprune.core.units import CostModel, Unit
+from searchprune.pruners.criteria import channel_scores
+from searchprune.registry import Registry
+
+_EPS = 1e-6
+
+
+class BudgetError(ValueError):
+    """A budget that cannot be met within the space's bounds."""
+
+
+def _rank(scores: Tensor) -> Tensor:
+    """Position of each element in ascending score order (ties broken by index)."""
+    flat = scores.reshape(-1)
+    order = torch.sort(flat, stable=True).indices
+    rank = torch.empty_like(order, dtype=torch.int32)
+    rank[order] = torch.arange(len(order), dtype=torch.int32)
+    return rank.view(scores.shape)
+
+
+class BudgetRepair:
+    """Maps per-unit ratios to removed counts that meet a budget exactly.
+
+    Ratios are shifted in logit space by one common offset ``t`` (so their order and
+    relative shape are kept), clipped to each unit's bounds, and rounded to counts; the
+    smallest ``t`` whose counts meet the budget is found by a vectorized grid search.
+    """
+
+    def __init__(self, cost: CostModel, budget: Budget, lower: np.ndarray, upper: np.ndarray) -> None:
+        self.cost, self.budget = cost, budget
+        sizes = cost.sizes
+        self.k_min = np.ceil(lower * sizes - 1e-9)
+        self.k_max = np.minimum(np.floor(upper * sizes + 1e-9), sizes - 1)
+        best = float(cost.fractions(self.k_max)[budget.stat])
+        if not budget.met_by(best):
+            word = "at least" if budget.removes else "at most"
+            raise BudgetError(
+                f"budget.{budget.kind}={budget.target} cannot be met: removing the most each "
+                f"layer allows (space.max_ratio and space.layer_bounds) reaches "
+                f"{budget.stat} {best:.4f}, and the budget asks for {word} {budget.target}. "
+                f"Relax budget.{budget.kind} or raise space.max_ratio."
+            )
+
+    def met(self, removed: np.ndarray) -> np.ndarray:
+        value = self.cost.fractions(removed)[self.budget.stat]
+        return value >= self.budget.target - 1e-12 if self.budget.removes else (
+            value <= self.budget.target + 1e-12
+        )
+
+    def _counts(self, logits: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        ratios = 1.0 / (1.0 + np.exp(-(logits[:, None, :] + shift[..., None])))
+        return np.clip(np.round(ratios * self.cost.sizes), self.k_min, self.k_max)
+
+    def removed_counts(self, ratios: np.ndarray) -> np.ndarray:
+        """Counts ``(P, U)`` meeting the budget for ratio genomes ``(P, U)``."""
+        clipped = np.clip(ratios, _EPS, 1.0 - _EPS)
+        logits = np.log(clipped) - np.log1p(-clipped)
+        n = len(ratios)
+        low, high = np.full(n, -40.0), np.full(n, 40.0)
+        steps = np.linspace(0.0, 1.0, 33)
+        for _ in range(12):
+            grid = low[:, None] + (high - low)[:, None] * steps  # (P, G)
+            counts = self._counts(logits, grid)  # (P, G, U)
+            ok = self.met(counts)
+            ok[:, -1] = True
+            first = ok.argmax(axis=1)
+            rows = np.arange(n)
+            at_low = first == 0
+            previous = np.maximum(first - 1, 0)
+            done = at_low | (np.abs(counts[rows, first] - counts[rows, previous]).max(axis=1) <= 1)
+            high = grid[rows, first]
+            low = np.where(at_low, low, grid[rows, previous])
+            if done.all():
+                return counts[rows, first]
+        return self._counts(logits, high[:, None])[:, 0]
+
+
+class Space(ABC):
+    """A genome encoding: sampling, budget repair and decoding into masks."""
+
+    name: str
+    kind: str  # "real" or "binary"
+
+    def __init__(
+        self,
+        cost: CostModel,
+        budget: Budget,
+        weight_scores: Mapping[str, Tensor],
+        *,
+        min_ratio: float = 0.0,
+        max_ratio: float | None = None,
+        layer_bounds: Mapping[str, tuple[float, float]] | None = None,
+    ) -> None:
+        self.cost, self.budget = cost, budget
+        self.units: list[Unit] = cost.units
+        self.granularity = cost.granularity
+        if max_ratio is None:
+            max_ratio = 0.99 if self.granularity == "weight" else 0.9
+        self.lower, self.upper = self._bounds(min_ratio, max_ratio, layer_bounds or {})
+        self.repairer = BudgetRepair(cost, budget, self.lower, self.upper)
+        if self.granularity == "weight":
+            self._ranks = [_rank(weight_scores[unit.name]) for unit in self.units]
+        else:
+            self._ranks = [_rank(channel_scores(dict(weight_scores), unit)) for unit in self.units]
+        # float copies: building a float 0/1 mask is several times faster than a bool one
+        self._float_ranks = [rank.float() for rank in self._ranks]
+
+    def _bounds(
+        self, min_ratio: float, max_ratio: float, layer_bounds: Mapping[str, tuple[float, float]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if not 0.0 <= min_ratio <= max_ratio <= 1.0:
+            raise ValueError(
+                f"space.min_ratio={min_ratio} and space.max_ratio={max_ratio} must satisfy "
+                "0 <= min_ratio <= max_ratio <= 1"
+            )
+        lower = np.full(len(self.units), float(min_ratio))
+        upper = np.full(len(self.units), float(max_ratio))
+        known = {layer for unit in self.units for layer in unit.layers}
+        for layer, (low, high) in layer_bounds.items():
+            if layer not in known:
+                raise ValueError(
+                    f"space.layer_bounds names {layer!r}, which is not a prunable layer; "
+                    f"prunable layers: {sorted(known)}"
+                )
+            for u, unit in enumerate(self.units):
+                if layer in unit.layers:
+                    lower[u], upper[u] = low, high
+        return lower, upper
+
+    @property
+    def dim(self) -> int:
+        """Length of a genome."""
+        return len(self.units) if self.kind == "real" else int(self.cost.sizes.sum())
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` random (unrepaired) genomes, shape ``(n, dim)``."""
+
+    @abstractmethod
+    def repair(self, genomes: np.ndarray) -> np.ndarray:
+        """Genomes ``(P, dim)`` moved to the nearest point that meets the budget exactly."""
+
+    @abstractmethod
+    def removed(self, genomes: np.ndarray) -> np.ndarray:
+        """Removed counts per unit ``(P, U)`` of repaired genomes."""
+
+    @abstractmethod
+    def decode(self, genome: np.ndarray) -> MaskSet:
+        """The masks of one repaired genome."""
+
+    def figures(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
+        """Count-model sparsity, FLOPs and params fractions of repaired genomes."""
+        return self.cost.fractions(self.removed(genomes))
+
+    def _channel_masks(self, keep: list[Tensor]) -> MaskSet:
+        channels: dict[str, Tensor] = {}
+        for unit, mask in zip(self.units, keep, strict=True):
+            for name in (*unit.layers, *unit.norms):
+                channels[name] = mask
+        return MaskSet("channel", channels=channels)
+
+
+SPACES: Registry[type[Space]] = Registry("space", "space.name")
+
+
+@SPACES.register("layer-ratios", "a pruning ratio per layer (or channel group), ranked by a criterion")
+class LayerRatioSpace(Space):
+    """Per-unit pruning ratios in ``[lower, upper]``; see the module docstring."""
+
+    name, kind = "layer-ratios", "real"
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.uniform(self.lower, self.upper, size=(n, self.dim))
+
+    def repair(self, genomes: np.ndarray) -> np.ndarray:
+        genomes = np.atleast_2d(np.asarray(genomes, dtype=np.float64))
+        return self.repairer.removed_counts(genomes) / self.cost.sizes
+
+    def removed(self, genomes: np.ndarray) -> np.ndarray:
+        return np.round(np.atleast_2d(genomes) * self.cost.sizes)
+
+    def decode(self, genome: np.ndarray) -> MaskSet:
+        removed = self.removed(genome)[0].astype(np.int64)
+        if self.granularity == "weight":
+            # rank - (k - 1) clamped to [0, 1] is 1.0 exactly where rank >= k, else 0.0
+            return MaskSet(
+                "weight",
+                weights={
+                    unit.name: (rank - float(k - 1)).clamp_(0.0, 1.0)
+                    for unit, rank, k in zip(self.units, self._float_ranks, removed, strict=True)
+                },
+            )
+        return self._channel_masks([rank >= int(k) for rank, k in zip(self._ranks, removed, strict=True)])
+
+
+@SPACES.register("binary", "one keep-bit per channel/unit (channel granularity)")
+class BinarySpace(Space):
+    """One bit per channel of every prunable group (1 = keep); see the module docstring."""
+
+    name, kind = "binary", "binary"
+
+    def __init__(self, cost: CostModel, budget: Budget, weight_scores: Mapping[str, Tensor], **bounds: object) -> None:
+        if cost.granularity != "channel":
+            raise ValueError(
+                "space.name=binary needs space.granularity: channel (one bit per channel or "
+                "unit); use space.name: layer-ratios for weight granularity"
+            )
+        super().__init__(cost, budget, weight_scores, **bounds)  # type: ignore[arg-type]
+        self._offsets = np.concatenate([[0], np.cumsum(cost.sizes.astype(np.int64))])
+        self._score_rank = [rank.numpy().astype(np.int64) for rank in self._ranks]
+
+    def _slices(self) -> list[slice]:
+        return [slice(int(a), int(b)) for a, b in zip(self._offsets[:-1], self._offsets[1:], strict=True)]
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        keep_probability = rng.uniform(0.05, 0.95, size=(n, 1))
+        return rng.random((n, self.dim)) < keep_probability
+
+    def removed(self, genomes: np.ndarray) -> np.ndarray:
+        genomes = np.atleast_2d(genomes).astype(bool)
+        return np.stack([(~genomes[:, s]).sum(axis=1) for s in self._slices()], axis=1).astype(np.float64)
+
+    def repair(self, genomes: np.ndarray) -> np.ndarray:
+        """Meet the budget by pruning the lowest-scored kept channels of a unit, or by
+        restoring its highest-scored pruned ones, as few as the budget requires."""
+        genomes = np.atleast_2d(genomes).astype(bool)
+        targets = self.repairer.removed_counts(self.removed(genomes) / self.cost.sizes)
+        repaired = np.empty_like(genomes)
+        for u, part in enumerate(self._slices()):
+            bits = genomes[:, part]
+            size = bits.shape[1]
+            priority = bits * size + self._score_rank[u][None, :]  # pruned first, low score first
+            order = np.argsort(priority, axis=1, kind="stable")
+            position = np.argsort(order, axis=1, kind="stable")
+            repaired[:, part] = position >= targets[:, u : u + 1]
+        return repaired
+
+    def decode(self, genome: np.ndarray) -> MaskSet:
+        bits = np.asarray(genome, dtype=bool)
+        return self._channel_masks([torch.from_numpy(bits[s].copy()) for s in self._slices()])

@@ -31,7 +31,9 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def measure(task_name: str, candidates: int, repeats: int) -> dict[str, float]:
-    problem = Problem(load_builtin_task(task_name), budget=Budget("sparsity", 0.9), fitness=accuracy)
+    problem = Problem(
+        load_builtin_task(task_name), budget=Budget("sparsity", 0.9), fitness=accuracy
+    )
     genomes = problem.space.repair(problem.space.sample(np.random.default_rng(0), candidates))
     inputs, targets = problem.val.first_batch()
     model = problem.model
@@ -79,13 +81,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{'task':<14}{'in-place/s':>12}{'deepcopy/s':>12}{'speedup':>9}{'forward ms':>12}"
-          f"{'outside/forward':>17}")
+    print(
+        f"{'task':<14}{'in-place/s':>12}{'deepcopy/s':>12}{'speedup':>9}{'forward ms':>12}"
+        f"{'outside/forward':>17}"
+    )
     for name in args.tasks:
         row = measure(name, args.candidates, args.repeats)
-        print(f"{name:<14}{row['in_place_per_s']:>12.0f}{row['deepcopy_per_s']:>12.0f}"
-              f"{row['in_place_per_s'] / row['deepcopy_per_s']:>8.2f}x{row['forward_ms']:>12.3f}"
-              f"{100 * row['outside_forward_share']:>16.1f}%")
+        print(
+            f"{name:<14}{row['in_place_per_s']:>12.0f}{row['deepcopy_per_s']:>12.0f}"
+            f"{row['in_place_per_s'] / row['deepcopy_per_s']:>8.2f}x{row['forward_ms']:>12.3f}"
+            f"{100 * row['outside_forward_share']:>16.1f}%"
+        )
 
 
 if __name__ == "__main__":

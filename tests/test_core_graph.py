@@ -38,7 +38,7 @@ def test_flatten_into_linear_maps_each_channel_to_a_block() -> None:
     fc = next(layer for layer in layers if layer.kind == "linear")
     source = graph.inputs[fc.name]
     assert source is not None
-    (gid, channels), = source.segments
+    ((gid, channels),) = source.segments
     assert channels == 32 and source.repeat == 16  # 32 channels of 4x4
     last_conv = [layer for layer in layers if layer.kind == "conv2d"][-1]
     assert graph.group_of[last_conv.name] == gid
@@ -56,7 +56,9 @@ def test_residual_adds_tie_groups_and_batchnorm_follows() -> None:
     # the downsampling block ties its second conv to the 1x1 shortcut conv
     tied = [g for g in graph.groups if len(g.members) == 2 and g is not stem_group]
     assert len(tied) == 1
-    shortcut_kernels = {layers[[lay.name for lay in layers].index(m)].kernel_size for m in tied[0].members}
+    shortcut_kernels = {
+        layers[[lay.name for lay in layers].index(m)].kernel_size for m in tied[0].members
+    }
     assert (1, 1) in shortcut_kernels
     # every conv group carries the BatchNorms of all its members
     for group in graph.groups:

@@ -17,10 +17,13 @@ from searchprune.tasks.models import DigitsMLP, DigitsResNet
 def _random_masks(model: torch.nn.Module, names: list[str], seed: int) -> MaskSet:
     generator = torch.Generator().manual_seed(seed)
     modules = dict(model.named_modules())
-    return MaskSet("weight", {
-        name: torch.rand(modules[name].weight.shape, generator=generator) > 0.7  # type: ignore[arg-type]
-        for name in names
-    })
+    return MaskSet(
+        "weight",
+        {
+            name: torch.rand(modules[name].weight.shape, generator=generator) > 0.7  # type: ignore[arg-type]
+            for name in names
+        },
+    )
 
 
 def test_apply_zeroes_exactly_the_masked_weights_and_restore_is_bit_exact() -> None:
@@ -98,7 +101,9 @@ def test_from_torch_prune_without_masks_is_an_error() -> None:
     nm=st.sampled_from([(1, 2), (2, 4), (1, 4), (4, 8)]),
     seed=st.integers(0, 10_000),
 )
-def test_nm_mask_keeps_n_largest_of_every_m(rows: int, blocks: int, nm: tuple[int, int], seed: int) -> None:
+def test_nm_mask_keeps_n_largest_of_every_m(
+    rows: int, blocks: int, nm: tuple[int, int], seed: int
+) -> None:
     n, m = nm
     scores = torch.rand(rows, blocks * m, generator=torch.Generator().manual_seed(seed))
     keep = nm_mask(scores, n, m)

@@ -26,10 +26,16 @@ for _name, _model in _MODELS.items():
     _example = torch.randn(1, 64)
     _layers = discover_layers(_model, _example)
     _STRUCTURES[_name] = (_layers, build_dependency_graph(_model, _example, _layers))
-_DUMMY = Task(model=DigitsMLP(), train=(torch.zeros(1, 64), torch.zeros(1)), val=(torch.zeros(1, 64), torch.zeros(1)))
+_DUMMY = Task(
+    model=DigitsMLP(),
+    train=(torch.zeros(1, 64), torch.zeros(1)),
+    val=(torch.zeros(1, 64), torch.zeros(1)),
+)
 
 
-def _space(kind: type, model: str, granularity: str, budget: Budget, **bounds: float) -> LayerRatioSpace:
+def _space(
+    kind: type, model: str, granularity: str, budget: Budget, **bounds: float
+) -> LayerRatioSpace:
     layers, graph = _STRUCTURES[model]
     scores = magnitude(_MODELS[model], [layer for layer in layers if layer.prunable], _DUMMY)
     return kind(CostModel(layers, graph, granularity), budget, scores, **bounds)  # type: ignore[no-any-return]
@@ -79,7 +85,9 @@ def test_repaired_ratios_meet_the_budget_exactly(
     budget=budgets,
     seed=st.integers(0, 2**31),
 )
-def test_binary_repair_meets_budget_and_keeps_the_genomes_choices(model: str, budget: Budget, seed: int) -> None:
+def test_binary_repair_meets_budget_and_keeps_the_genomes_choices(
+    model: str, budget: Budget, seed: int
+) -> None:
     try:
         space = _space(BinarySpace, model, "channel", budget)
     except BudgetError:
@@ -101,7 +109,9 @@ def test_binary_repair_meets_budget_and_keeps_the_genomes_choices(model: str, bu
 
 @settings(max_examples=25, deadline=None)
 @given(model=st.sampled_from(["cnn", "resnet"]), budget=budgets, seed=st.integers(0, 2**31))
-def test_channel_cost_model_equals_exact_mask_statistics(model: str, budget: Budget, seed: int) -> None:
+def test_channel_cost_model_equals_exact_mask_statistics(
+    model: str, budget: Budget, seed: int
+) -> None:
     try:
         space = _space(LayerRatioSpace, model, "channel", budget)
     except BudgetError:
@@ -143,7 +153,8 @@ def test_layer_bounds_hold_after_repair() -> None:
     layers, graph = _STRUCTURES["mlp"]
     first = layers[0].name
     space = LayerRatioSpace(
-        CostModel(layers, graph, "weight"), Budget("sparsity", 0.6),
+        CostModel(layers, graph, "weight"),
+        Budget("sparsity", 0.6),
         magnitude(_MODELS["mlp"], [la for la in layers if la.prunable], _DUMMY),
         layer_bounds={first: (0.0, 0.2)},
     )

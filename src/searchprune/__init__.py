@@ -29,7 +29,9 @@ __all__ = [
 ]
 
 
-def run(config: "Config | dict[str, object] | str", out: str, **kwargs: object) -> dict[str, object]:
+def run(
+    config: "Config | dict[str, object] | str", out: str, **kwargs: object
+) -> dict[str, object]:
     """Run a config (a :class:`Config`, plain data, or a YAML path) into directory ``out``."""
     from searchprune import runner
 

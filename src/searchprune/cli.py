@@ -66,15 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="searchprune", description="Find how to prune a trained PyTorch network by search."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="run a searcher or a baseline method from a YAML config")
+    run_parser = commands.add_parser(
+        "run", help="run a searcher or a baseline method from a YAML config"
+    )
     run_parser.add_argument("config", nargs="?", help="YAML config (optional with --resume)")
-    run_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                            help="override a config key, e.g. --set run.max_evals=200 (repeatable)")
+    run_parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set run.max_evals=200 (repeatable)",
+    )
     run_parser.add_argument("--out", type=Path, help="run directory (default runs/<config>-<time>)")
-    run_parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                            help="continue the run in RUN_DIR from its last checkpoint")
+    run_parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint",
+    )
     run_parser.set_defaults(handler=_run)
-    list_parser = commands.add_parser("list", help="list tasks, searchers, methods, criteria, fitness")
+    list_parser = commands.add_parser(
+        "list", help="list tasks, searchers, methods, criteria, fitness"
+    )
     list_parser.set_defaults(handler=_list)
     return parser
 

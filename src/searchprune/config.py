@@ -60,9 +60,13 @@ class SpaceConfig(_Section):
 
 class FitnessConfig(_Section):
     name: str = "accuracy"
-    penalty: float | None = Field(None, description="score given to a candidate whose fitness fails")
+    penalty: float | None = Field(
+        None, description="score given to a candidate whose fitness fails"
+    )
     bn_samples: int | None = Field(
-        None, ge=0, description="train samples for BatchNorm recalibration (default 512 with BN, else 0)"
+        None,
+        ge=0,
+        description="train samples for BatchNorm recalibration (default 512 with BN, else 0)",
     )
 
 
@@ -102,14 +106,14 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     task: TaskConfig
-    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    space: SpaceConfig = SpaceConfig()
     budget: dict[str, float]
-    fitness: FitnessConfig = Field(default_factory=FitnessConfig)
+    fitness: FitnessConfig = FitnessConfig()
     searcher: SearcherConfig | None = None
     method: str | None = None
-    evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
-    run: RunConfig = Field(default_factory=RunConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    run: RunConfig = RunConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
     baselines: list[str] = Field(default_factory=lambda: ["magnitude-global", "magnitude-layer"])
 
     @field_validator("budget")
@@ -147,16 +151,19 @@ def _location(loc: tuple[int | str, ...]) -> str:
 def _describe(error: Any, model: type[BaseModel]) -> str:
     where = _location(error["loc"]) or "config"
     if error["type"] == "extra_forbidden":
-        section: Any = model
+        section: type[BaseModel] | None = model
         for part in error["loc"][:-1]:
-            field = section.model_fields.get(part) if isinstance(section, type) else None
+            field = section.model_fields.get(str(part)) if section is not None else None
             annotation = getattr(field, "annotation", None)
             section = next(
-                (arg for arg in getattr(annotation, "__args__", (annotation,)) if isinstance(arg, type)
-                 and issubclass(arg, BaseModel)),
+                (
+                    arg
+                    for arg in getattr(annotation, "__args__", (annotation,))
+                    if isinstance(arg, type) and issubclass(arg, BaseModel)
+                ),
                 None,
             )
-        valid = sorted(section.model_fields) if isinstance(section, type) else []
+        valid = sorted(section.model_fields) if section is not None else []
         hint = unknown_name_message(where, "key", str(error["loc"][-1]), valid) if valid else ""
         return hint or f"{where}: unknown key"
     message = str(error["msg"]).removeprefix("Value error, ")
@@ -185,7 +192,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply ``--set dotted.key=value`` (the value is parsed as YAML) to ``data``."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
-        raise ConfigError(f"--set {assignment!r}: use --set dotted.key=value, e.g. --set run.seed=3")
+        raise ConfigError(
+            f"--set {assignment!r}: use --set dotted.key=value, e.g. --set run.seed=3"
+        )
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
@@ -216,4 +225,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return validate_config(data)
 
 
-__all__ = ["BUDGET_KINDS", "Config", "ConfigError", "apply_override", "load_config", "validate_config"]
+__all__ = [
+    "BUDGET_KINDS",
+    "Config",
+    "ConfigError",
+    "apply_override",
+    "load_config",
+    "validate_config",
+]

@@ -92,7 +92,9 @@ def r_flops(ctx: FitnessContext) -> dict[str, float]:
     return {"fitness": -(1.0 - acc) * math.log(flops), "val_accuracy": acc}
 
 
-def call_fitness(fn: FitnessFn, ctx: FitnessContext, candidate: str) -> tuple[float, dict[str, float]]:
+def call_fitness(
+    fn: FitnessFn, ctx: FitnessContext, candidate: str
+) -> tuple[float, dict[str, float]]:
     """Run ``fn`` and check what it returns.
 
     :raises FitnessError: naming ``candidate`` when ``fn`` raises or returns a value that

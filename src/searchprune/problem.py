@@ -82,8 +82,12 @@ class Problem:
         prunable = [layer for layer in self.layers if layer.prunable]
         self.weight_scores = CRITERIA.get(criterion)(self.model, prunable, self.task)
         self.space: Space = SPACES.get(space)(
-            self.cost, budget, self.weight_scores,
-            min_ratio=min_ratio, max_ratio=max_ratio, layer_bounds=layer_bounds,
+            self.cost,
+            budget,
+            self.weight_scores,
+            min_ratio=min_ratio,
+            max_ratio=max_ratio,
+            layer_bounds=layer_bounds,
         )
         norms = [name for name, module in self.model.named_modules() if isinstance(module, _NORMS)]
         self.applier = MaskApplier(self.model, [layer.name for layer in prunable], norms)
@@ -138,8 +142,13 @@ class Problem:
     def _score(self, masks: MaskSet, stats: dict[str, float], label: str) -> Evaluation:
         self._apply(masks)
         ctx = FitnessContext(
-            model=self.model, val=self.val, train=self.train, device=self.device,
-            masks=masks, stats=stats, loss=self.task.loss,
+            model=self.model,
+            val=self.val,
+            train=self.train,
+            device=self.device,
+            masks=masks,
+            stats=stats,
+            loss=self.task.loss,
         )
         try:
             with torch.inference_mode():

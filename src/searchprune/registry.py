@@ -78,4 +78,6 @@ def import_object(path: str, field: str) -> object:
     try:
         return getattr(module, attribute)
     except AttributeError as error:
-        raise ValueError(f"{field}: module {module_name!r} has no attribute {attribute!r}") from error
+        raise ValueError(
+            f"{field}: module {module_name!r} has no attribute {attribute!r}"
+        ) from error

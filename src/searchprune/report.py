@@ -10,7 +10,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -45,7 +45,9 @@ def plot_fitness(history: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def plot_layer_sparsity(densities: Mapping[str, Mapping[str, float]], path: Path, title: str) -> None:
+def plot_layer_sparsity(
+    densities: Mapping[str, Mapping[str, float]], path: Path, title: str
+) -> None:
     """Grouped bars: fraction of each layer's weights removed, one bar per method."""
     methods = list(densities)
     layers = list(next(iter(densities.values())))
@@ -71,11 +73,19 @@ def comparison_table(summary: Mapping[str, Any]) -> str:
     """The side-by-side console table: dense, best found, and each baseline."""
     budget = ", ".join(f"{k} {v}" for k, v in summary["budget"].items())
     rows = [("dense", summary["dense"], None)]
-    rows.append((f"best ({summary['method']})", summary["best"], summary["best"].get("val_fitness")))
-    rows += [(name, figures, figures.get("val_fitness")) for name, figures in summary["baselines"].items()]
+    rows.append(
+        (f"best ({summary['method']})", summary["best"], summary["best"].get("val_fitness"))
+    )
+    rows += [
+        (name, figures, figures.get("val_fitness"))
+        for name, figures in summary["baselines"].items()
+    ]
     header = f"{'':<26}{'val acc':>9}{'test acc':>10}{'sparsity':>10}{'FLOPs':>8}{'params':>8}"
-    lines = [f"budget: {budget}   evaluations: {summary['evaluations']}   "
-             f"wall time: {summary['wall_time_s']:.1f} s", header]
+    lines = [
+        f"budget: {budget}   evaluations: {summary['evaluations']}   "
+        f"wall time: {summary['wall_time_s']:.1f} s",
+        header,
+    ]
     for name, figures, _ in rows:
         lines.append(
             f"{name:<26}{_pct(figures.get('val_accuracy')):>9}{_pct(figures.get('test_accuracy')):>10}"

@@ -34,7 +34,13 @@ from searchprune.fitness import FITNESSES, FitnessFn
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
 from searchprune.registry import UnknownNameError, import_object, unknown_name_message
-from searchprune.report import comparison_table, plot_fitness, plot_layer_sparsity, read_history, write_json
+from searchprune.report import (
+    comparison_table,
+    plot_fitness,
+    plot_layer_sparsity,
+    read_history,
+    write_json,
+)
 from searchprune.search import SEARCHERS, Searcher
 from searchprune.space import BudgetError
 from searchprune.tasks.base import Split, Task, score_model
@@ -55,7 +61,9 @@ def build_task(config: Config) -> Task:
                 "only name and seed"
             )
         if spec.name not in BUILTIN_TASKS:
-            raise ConfigError(unknown_name_message("task.name", "task", spec.name, sorted(BUILTIN_TASKS)))
+            raise ConfigError(
+                unknown_name_message("task.name", "task", spec.name, sorted(BUILTIN_TASKS))
+            )
         return load_builtin_task(spec.name, seed=spec.seed)
     factory = import_object(spec.name, "task.name")
     if not callable(factory):
@@ -74,7 +82,7 @@ def resolve_fitness(name: str) -> FitnessFn:
         fn = import_object(name, "fitness.name")
         if not callable(fn):
             raise ConfigError(f"fitness.name: {name!r} is not callable")
-        return fn  # type: ignore[return-value]
+        return fn
     return FITNESSES.get(name)
 
 
@@ -109,7 +117,9 @@ def build_searcher(config: Config, problem: Problem) -> Searcher:
             key = ".".join(str(p) for p in item["loc"])
             if item["type"] == "extra_forbidden":
                 valid = ", ".join(["name", *sorted(cls.Params.model_fields)])
-                lines.append(f"searcher.{key}: unknown key for searcher {cls.name!r}; valid keys: {valid}")
+                lines.append(
+                    f"searcher.{key}: unknown key for searcher {cls.name!r}; valid keys: {valid}"
+                )
             else:
                 lines.append(f"searcher.{key}: {item['msg']} (got {item.get('input')!r})")
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
@@ -128,7 +138,10 @@ def check_names(config: Config) -> None:
     from searchprune.pruners.criteria import CRITERIA
     from searchprune.space import SPACES
 
-    checks: list[tuple[Any, str]] = [(SPACES, config.space.name), (CRITERIA, config.space.criterion)]
+    checks: list[tuple[Any, str]] = [
+        (SPACES, config.space.name),
+        (CRITERIA, config.space.criterion),
+    ]
     if ":" not in config.fitness.name:
         checks.append((FITNESSES, config.fitness.name))
     if config.searcher is not None:
@@ -209,8 +222,14 @@ def search_loop(
     """Ask, evaluate, tell, log and checkpoint until a stopping rule fires."""
     run = config.run
     started = time.perf_counter() - state.elapsed
-    bar = tqdm(total=run.max_evals, initial=state.evals, disable=not run.progress,
-               desc=f"{searcher.name}", unit="eval", dynamic_ncols=True)
+    bar = tqdm(
+        total=run.max_evals,
+        initial=state.evals,
+        disable=not run.progress,
+        desc=f"{searcher.name}",
+        unit="eval",
+        dynamic_ncols=True,
+    )
     with open(out / HISTORY, "a") as history:
         while state.evals < run.max_evals:
             if run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds:
@@ -219,7 +238,9 @@ def search_loop(
                 break
             genomes = searcher.ask(min(searcher.batch_size, run.max_evals - state.evals))
             results = evaluator.evaluate(genomes, first_index=state.evals)
-            searcher.tell(np.stack([r.genome for r in results]), np.array([r.fitness for r in results]))
+            searcher.tell(
+                np.stack([r.genome for r in results]), np.array([r.fitness for r in results])
+            )
             for result in results:
                 state.update(state.evals, result)
                 history.write(_history_line(state.evals, result, state.best_fitness) + "\n")
@@ -239,14 +260,22 @@ def _test_split(task: Task, device: torch.device) -> Split | None:
         return None
     split = task.split("test")
     tensors = split.tensors
-    return split if tensors is None else Split((tensors[0].to(device), tensors[1].to(device)), split.batch_size)
+    return (
+        split
+        if tensors is None
+        else Split((tensors[0].to(device), tensors[1].to(device)), split.batch_size)
+    )
 
 
-def _figures(problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None) -> dict[str, Any]:
+def _figures(
+    problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None
+) -> dict[str, Any]:
     stats = problem.exact_stats(masks)
     with problem.masked(masks) as model:
         val = score_model(model, problem.val, problem.task.loss)
-        test_acc = score_model(model, test, problem.task.loss).accuracy if test is not None else None
+        test_acc = (
+            score_model(model, test, problem.task.loss).accuracy if test is not None else None
+        )
     return {
         "val_fitness": evaluation.fitness,
         "val_accuracy": val.accuracy,
@@ -258,8 +287,13 @@ def _figures(problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Spl
 
 
 def finish(
-    config: Config, task: Task, problem: Problem, best: tuple[MaskSet, Evaluation],
-    state: LoopState, out: Path, echo: Callable[[str], None],
+    config: Config,
+    task: Task,
+    problem: Problem,
+    best: tuple[MaskSet, Evaluation],
+    state: LoopState,
+    out: Path,
+    echo: Callable[[str], None],
 ) -> dict[str, Any]:
     """Score the best masks and the baselines on val and test; write the report."""
     test = _test_split(task, problem.device)
@@ -273,7 +307,9 @@ def finish(
         if name == config.method:
             continue
         baseline_masks = METHODS.get(name)(problem)
-        baselines[name] = _figures(problem, baseline_masks, problem.score_masks(baseline_masks, name), test)
+        baselines[name] = _figures(
+            problem, baseline_masks, problem.score_masks(baseline_masks, name), test
+        )
         densities[name] = problem.layer_density(baseline_masks)
     summary = {
         "seed": config.run.seed,
@@ -282,23 +318,32 @@ def finish(
         "evaluations": state.evals,
         "wall_time_s": round(state.elapsed, 3),
         "budget": config.budget,
-        "dense": {"val_accuracy": dense_val.accuracy,
-                  "test_accuracy": dense_test.accuracy if dense_test else None},
+        "dense": {
+            "val_accuracy": dense_val.accuracy,
+            "test_accuracy": dense_test.accuracy if dense_test else None,
+        },
         "best": {**_figures(problem, masks, evaluation, test), "eval_index": state.best_index},
         "baselines": baselines,
     }
     write_json(out / "summary.json", summary)
-    plot_fitness(read_history(out / HISTORY), out / "fitness.png",
-                 f"{summary['method']} on {config.task.name}")
-    plot_layer_sparsity(densities, out / "layer_sparsity.png",
-                        f"per-layer sparsity, {config.task.name}, budget {config.budget}")
+    plot_fitness(
+        read_history(out / HISTORY),
+        out / "fitness.png",
+        f"{summary['method']} on {config.task.name}",
+    )
+    plot_layer_sparsity(
+        densities,
+        out / "layer_sparsity.png",
+        f"per-layer sparsity, {config.task.name}, budget {config.budget}",
+    )
     echo(comparison_table(summary))
     echo(f"run directory: {out}")
     return summary
 
 
-def run(config: Config, out: str | Path, *, resume: bool = False,
-        echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    config: Config, out: str | Path, *, resume: bool = False, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Run a config into directory ``out`` (or continue the run there); return the summary."""
     out = Path(out)
     check_names(config)
@@ -318,11 +363,23 @@ def run(config: Config, out: str | Path, *, resume: bool = False,
         started = time.perf_counter()
         masks = METHODS.get(config.method)(problem)
         evaluation = problem.score_masks(masks, config.method)
-        state = LoopState(evals=1, elapsed=time.perf_counter() - started,
-                          best_fitness=evaluation.fitness, best_index=0)
-        (out / HISTORY).write_text(json.dumps(
-            {"eval": 0, "fitness": evaluation.fitness, "best": evaluation.fitness,
-             **evaluation.metrics}) + "\n")
+        state = LoopState(
+            evals=1,
+            elapsed=time.perf_counter() - started,
+            best_fitness=evaluation.fitness,
+            best_index=0,
+        )
+        (out / HISTORY).write_text(
+            json.dumps(
+                {
+                    "eval": 0,
+                    "fitness": evaluation.fitness,
+                    "best": evaluation.fitness,
+                    **evaluation.metrics,
+                }
+            )
+            + "\n"
+        )
         return finish(config, task, problem, (masks, evaluation), state, out, echo)
     searcher = build_searcher(config, problem)
     state = LoopState()

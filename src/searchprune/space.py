@@ -54,7 +54,9 @@ class BudgetRepair:
     smallest ``t`` whose counts meet the budget is found by a vectorized grid search.
     """
 
-    def __init__(self, cost: CostModel, budget: Budget, lower: np.ndarray, upper: np.ndarray) -> None:
+    def __init__(
+        self, cost: CostModel, budget: Budget, lower: np.ndarray, upper: np.ndarray
+    ) -> None:
         self.cost, self.budget = cost, budget
         sizes = cost.sizes
         self.k_min = np.ceil(lower * sizes - 1e-9)
@@ -71,8 +73,10 @@ class BudgetRepair:
 
     def met(self, removed: np.ndarray) -> np.ndarray:
         value = self.cost.fractions(removed)[self.budget.stat]
-        return value >= self.budget.target - 1e-12 if self.budget.removes else (
-            value <= self.budget.target + 1e-12
+        return (
+            value >= self.budget.target - 1e-12
+            if self.budget.removes
+            else (value <= self.budget.target + 1e-12)
         )
 
     def _counts(self, logits: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -191,7 +195,9 @@ class Space(ABC):
 SPACES: Registry[type[Space]] = Registry("space", "space.name")
 
 
-@SPACES.register("layer-ratios", "a pruning ratio per layer (or channel group), ranked by a criterion")
+@SPACES.register(
+    "layer-ratios", "a pruning ratio per layer (or channel group), ranked by a criterion"
+)
 class LayerRatioSpace(Space):
     """Per-unit pruning ratios in ``[lower, upper]``; see the module docstring."""
 
@@ -218,7 +224,9 @@ class LayerRatioSpace(Space):
                     for unit, rank, k in zip(self.units, self._float_ranks, removed, strict=True)
                 },
             )
-        return self._channel_masks([rank >= int(k) for rank, k in zip(self._ranks, removed, strict=True)])
+        return self._channel_masks(
+            [rank >= int(k) for rank, k in zip(self._ranks, removed, strict=True)]
+        )
 
 
 @SPACES.register("binary", "one keep-bit per channel/unit (channel granularity)")
@@ -227,7 +235,9 @@ class BinarySpace(Space):
 
     name, kind = "binary", "binary"
 
-    def __init__(self, cost: CostModel, budget: Budget, weight_scores: Mapping[str, Tensor], **bounds: object) -> None:
+    def __init__(
+        self, cost: CostModel, budget: Budget, weight_scores: Mapping[str, Tensor], **bounds: object
+    ) -> None:
         if cost.granularity != "channel":
             raise ValueError(
                 "space.name=binary needs space.granularity: channel (one bit per channel or "
@@ -238,7 +248,10 @@ class BinarySpace(Space):
         self._score_rank = [rank.numpy().astype(np.int64) for rank in self._ranks]
 
     def _slices(self) -> list[slice]:
-        return [slice(int(a), int(b)) for a, b in zip(self._offsets[:-1], self._offsets[1:], strict=True)]
+        return [
+            slice(int(a), int(b))
+            for a, b in zip(self._offsets[:-1], self._offsets[1:], strict=True)
+        ]
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         keep_probability = rng.uniform(0.05, 0.95, size=(n, 1))
@@ -246,7 +259,9 @@ class BinarySpace(Space):
 
     def removed(self, genomes: np.ndarray) -> np.ndarray:
         genomes = np.atleast_2d(genomes).astype(bool)
-        return np.stack([(~genomes[:, s]).sum(axis=1) for s in self._slices()], axis=1).astype(np.float64)
+        return np.stack([(~genomes[:, s]).sum(axis=1) for s in self._slices()], axis=1).astype(
+            np.float64
+        )
 
     def repair(self, genomes: np.ndarray) -> np.ndarray:
         """Meet the budget by pruning the lowest-scored kept channels of a unit, or by

@@ -27,8 +27,7 @@ class Budget:
             raise ValueError(f"unknown budget {self.kind!r}; use one of {', '.join(BUDGET_KINDS)}")
         if not 0.0 < self.target < 1.0:
             raise ValueError(
-                f"budget.{self.kind} must be a fraction strictly between 0 and 1, "
-                f"got {self.target}"
+                f"budget.{self.kind} must be a fraction strictly between 0 and 1, got {self.target}"
             )
 
     @property

@@ -31,24 +31,67 @@ from searchprune.core.layers import LayerInfo
 Segment = tuple[int | None, int]  # (group id, or None for channels no layer owns; size)
 
 _PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
-    nn.Hardswish, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardtanh,
+    nn.Mish,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
 )
 _NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
 _PASS_FUNCTIONS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.hardswish, F.dropout,
-    F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    torch.relu, torch.sigmoid, torch.tanh, torch.dropout,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.dropout,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool1d,
+    F.adaptive_max_pool2d,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.dropout,
     operator.neg,
 }
 _PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to"}
 _RESHAPE_CALLS = {"flatten", "view", "reshape"}
-_ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add,
-                torch.sub, torch.mul}
+_ELEMENTWISE = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+}
 _ELEMENTWISE_METHODS = {"add", "sub", "mul", "div", "add_", "mul_"}
 
 
@@ -212,9 +255,9 @@ class _Tracer:
             return Source(((gid, layer.out_channels),))
         if isinstance(module, _NORM_MODULES):
             if source is not None and len(source.segments) == 1 and source.repeat == 1:
-                gid = source.segments[0][0]
-                if gid is not None:
-                    self.norms.setdefault(gid, []).append(name)
+                owner = source.segments[0][0]
+                if owner is not None:
+                    self.norms.setdefault(owner, []).append(name)
                 return source
             self.freeze(source, f"normalized by {name} across several groups")
             return None
@@ -254,7 +297,11 @@ class _Tracer:
         return None
 
     def merge(
-        self, args: list[fx.Node], env: dict[fx.Node, Source | None], shape: tuple[int, ...], name: str
+        self,
+        args: list[fx.Node],
+        env: dict[fx.Node, Source | None],
+        shape: tuple[int, ...],
+        name: str,
     ) -> Source | None:
         sources = [env.get(arg) for arg in args]
         tensors = [s for s, arg in zip(sources, args, strict=True) if self.shape(arg) == shape]
@@ -286,8 +333,11 @@ class _Tracer:
         in_shape = self.shape(arg)
         if source is None or in_shape is None:
             return None
-        if len(shape) == 2 and len(in_shape) >= 2 and shape[0] == in_shape[0] and (
-            shape[1] == math.prod(in_shape[1:])
+        if (
+            len(shape) == 2
+            and len(in_shape) >= 2
+            and shape[0] == in_shape[0]
+            and (shape[1] == math.prod(in_shape[1:]))
         ):
             return Source(source.segments, source.repeat * math.prod(in_shape[2:]))
         if tuple(shape) == tuple(in_shape):

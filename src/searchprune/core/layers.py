@@ -90,9 +90,7 @@ def discover_layers(
     :raises NoPrunableLayerError: when no layer is left to prune.
     """
     candidates = {
-        name: module
-        for name, module in model.named_modules()
-        if type(module) in PRUNABLE_TYPES
+        name: module for name, module in model.named_modules() if type(module) in PRUNABLE_TYPES
     }
     unknown = sorted(set(exclude) - set(candidates))
     if unknown:
@@ -138,9 +136,9 @@ def discover_layers(
                 kind=kind,
                 weight_shape=tuple(module.weight.shape),
                 has_bias=getattr(module, "bias", None) is not None,
-                groups=module.groups if is_conv else 1,  # type: ignore[union-attr]
-                kernel_size=tuple(module.kernel_size) if is_conv else (),  # type: ignore[union-attr]
-                stride=tuple(module.stride) if is_conv else (),  # type: ignore[union-attr]
+                groups=module.groups if is_conv else 1,
+                kernel_size=tuple(module.kernel_size) if is_conv else (),
+                stride=tuple(module.stride) if is_conv else (),
                 positions=seen[name],
                 prunable=name not in kept_dense,
                 order=index,

@@ -83,7 +83,8 @@ class MaskSet:
     ) -> None:
         self.granularity = granularity
         self.weights: dict[str, Tensor] = {
-            k: v if v.dtype in (torch.bool, torch.float32) else v.bool() for k, v in (weights or {}).items()
+            k: v if v.dtype in (torch.bool, torch.float32) else v.bool()
+            for k, v in (weights or {}).items()
         }
         self.channels: dict[str, Tensor] = {k: v.bool() for k, v in (channels or {}).items()}
 
@@ -133,9 +134,9 @@ class MaskSet:
             weights, channels = {}, {}
             for key in data.files:
                 if key.startswith("weight/"):
-                    weights[key[len("weight/"):]] = torch.from_numpy(data[key].copy())
+                    weights[key[len("weight/") :]] = torch.from_numpy(data[key].copy())
                 elif key.startswith("channel/"):
-                    channels[key[len("channel/"):]] = torch.from_numpy(data[key].copy())
+                    channels[key[len("channel/") :]] = torch.from_numpy(data[key].copy())
             return cls(str(data["__granularity__"]), weights, channels)
 
     # ----------------------------------------------- torch.nn.utils.prune bridge
@@ -219,7 +220,8 @@ class MaskApplier:
     def mark_stats_changed(self) -> None:
         """Record that BatchNorm running statistics were changed (by recalibration)."""
         self._touched.update(
-            key for key in self._tensors
+            key
+            for key in self._tensors
             if key.endswith(("running_mean", "running_var", "num_batches_tracked"))
         )
 

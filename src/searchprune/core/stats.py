@@ -40,7 +40,9 @@ def _input_alive(
     if source is None or layer.groups != 1:
         return None
     parts = [
-        group_alive[gid] if gid is not None and gid in group_alive else torch.ones(size, dtype=torch.bool)
+        group_alive[gid]
+        if gid is not None and gid in group_alive
+        else torch.ones(size, dtype=torch.bool)
         for gid, size in source.segments
     ]
     alive = torch.cat(parts)
@@ -49,8 +51,12 @@ def _input_alive(
 
 def mask_stats(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) -> MaskStats:
     """Measure ``masks`` on the model described by ``layers`` and ``graph``."""
-    weight_masks = {layer.name: masks.weight_mask(layer.name, layer.weight_shape) for layer in layers}
-    out_alive = {name: mask.reshape(mask.shape[0], -1).any(dim=1) for name, mask in weight_masks.items()}
+    weight_masks = {
+        layer.name: masks.weight_mask(layer.name, layer.weight_shape) for layer in layers
+    }
+    out_alive = {
+        name: mask.reshape(mask.shape[0], -1).any(dim=1) for name, mask in weight_masks.items()
+    }
     group_alive: dict[int, Tensor] = {}
     for group in graph.groups:
         alive = torch.zeros(group.size, dtype=torch.bool)

@@ -38,7 +38,13 @@ def build_units(layers: list[LayerInfo], graph: DependencyGraph, granularity: st
         return [Unit(layer.name, layer.numel, (layer.name,)) for layer in layers if layer.prunable]
     if granularity == "channel":
         return [
-            Unit("+".join(group.members), group.size, tuple(group.members), tuple(group.norms), group.id)
+            Unit(
+                "+".join(group.members),
+                group.size,
+                tuple(group.members),
+                tuple(group.norms),
+                group.id,
+            )
             for group in graph.prunable_groups()
         ]
     raise ValueError(
@@ -56,7 +62,9 @@ class CostModel:
         self.sizes = np.array([unit.size for unit in self.units], dtype=np.float64)
         numel = np.array([layer.numel for layer in layers], dtype=np.float64)
         positions = np.array([layer.positions for layer in layers], dtype=np.float64)
-        bias = np.array([layer.out_channels if layer.has_bias else 0 for layer in layers], dtype=np.float64)
+        bias = np.array(
+            [layer.out_channels if layer.has_bias else 0 for layer in layers], dtype=np.float64
+        )
         prunable = np.array([layer.prunable for layer in layers])
         self.dense_flops = float((numel * positions).sum())
         self.dense_params = float((numel + bias).sum())

@@ -39,7 +39,9 @@ class Evaluator(ABC):
         self._cache: dict[bytes, Evaluation] = {}
         self.scored = 0
 
-    def evaluate(self, genomes: Sequence[np.ndarray] | np.ndarray, first_index: int = 0) -> list[Result]:
+    def evaluate(
+        self, genomes: Sequence[np.ndarray] | np.ndarray, first_index: int = 0
+    ) -> list[Result]:
         """Repair and score ``genomes``; ``first_index`` numbers them in error messages."""
         batch = np.asarray(genomes)
         if batch.ndim != 2 or batch.shape[1] != self.problem.space.dim:
@@ -58,7 +60,9 @@ class Evaluator(ABC):
                     self._cache[keys[i]] = evaluation
             self.scored += len(todo)
         return [
-            Result(repaired[i], fresh[i] if i in fresh else self._cache[keys[i]], cached=i not in fresh)
+            Result(
+                repaired[i], fresh[i] if i in fresh else self._cache[keys[i]], cached=i not in fresh
+            )
             for i in range(len(repaired))
         ]
 
@@ -66,7 +70,7 @@ class Evaluator(ABC):
     def _score(self, genomes: np.ndarray, labels: list[str]) -> list[Evaluation]:
         """Score repaired genomes not found in the cache."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook, not an abstract method)
         """Release workers and other resources."""
 
     def __enter__(self) -> Evaluator:

@@ -26,7 +26,7 @@ def magnitude(model: nn.Module, layers: list[LayerInfo], task: Task) -> dict[str
     """Weight magnitude ``|w|`` (Han et al. 2015, "Learning both Weights and Connections")."""
     modules = dict(model.named_modules())
     return {
-        layer.name: modules[layer.name].weight.detach().abs().cpu().float()  # type: ignore[operator]
+        layer.name: modules[layer.name].weight.detach().abs().cpu().float()
         for layer in layers
     }
 

@@ -35,7 +35,9 @@ def _unit_scores(problem: Problem) -> list[torch.Tensor]:
     return [channel_scores(problem.weight_scores, unit) for unit in units]
 
 
-@METHODS.register("magnitude-global", "one global magnitude threshold across layers (Han et al. 2015)")
+@METHODS.register(
+    "magnitude-global", "one global magnitude threshold across layers (Han et al. 2015)"
+)
 def magnitude_global(problem: Problem) -> MaskSet:
     """Remove the globally smallest weights (or channels, by mean |w|) until the budget is
     met: a single threshold for the whole network (Han et al. 2015)."""

@@ -39,11 +39,18 @@ class GAParams(SearcherParams):
     mutation: Literal["gaussian", "polynomial", "flip"] | None = Field(
         None, description="gaussian or polynomial for layer-ratios; flip for binary"
     )
-    sigma: float = Field(0.1, gt=0.0, description="gaussian mutation step, as a fraction of each gene's range")
-    eta: float = Field(15.0, gt=0.0, description="distribution index of sbx and polynomial operators")
+    sigma: float = Field(
+        0.1, gt=0.0, description="gaussian mutation step, as a fraction of each gene's range"
+    )
+    eta: float = Field(
+        15.0, gt=0.0, description="distribution index of sbx and polynomial operators"
+    )
     alpha: float = Field(0.3, ge=0.0, description="blend crossover extent")
     gene_prob: float | None = Field(
-        None, gt=0.0, le=1.0, description="per-gene mutation probability (default: 1/dim, at least 0.2 for ratios)"
+        None,
+        gt=0.0,
+        le=1.0,
+        description="per-gene mutation probability (default: 1/dim, at least 0.2 for ratios)",
     )
 
 
@@ -51,7 +58,7 @@ class _Fitness(base.Fitness):
     weights = (1.0,)
 
 
-class _Individual(list):  # type: ignore[type-arg]
+class _Individual(list[Any]):
     """A genome as a list (DEAP's operators assume sequences) with a DEAP fitness."""
 
     def __init__(self, genes: Any, fitness: float | None = None) -> None:
@@ -80,7 +87,11 @@ class GeneticSearch(Searcher):
         binary = space.kind == "binary"
         crossover = p.crossover or ("uniform" if binary else "blend")
         mutation = p.mutation or ("flip" if binary else "gaussian")
-        allowed = ({"uniform", "two-point"}, {"flip"}) if binary else ({"blend", "sbx"}, {"gaussian", "polynomial"})
+        allowed = (
+            ({"uniform", "two-point"}, {"flip"})
+            if binary
+            else ({"blend", "sbx"}, {"gaussian", "polynomial"})
+        )
         if crossover not in allowed[0] or mutation not in allowed[1]:
             raise ValueError(
                 f"searcher.crossover={crossover!r} / searcher.mutation={mutation!r} do not fit the "
@@ -154,7 +165,10 @@ class GeneticSearch(Searcher):
     def ask(self, n: int) -> np.ndarray:
         if not self.pending:
             if self.generation == 0:
-                self.pending = [_Individual(g) for g in self.space.sample(self.rng, self.params.population).tolist()]
+                self.pending = [
+                    _Individual(g)
+                    for g in self.space.sample(self.rng, self.params.population).tolist()
+                ]
             else:
                 self.pending = self._breed()
         unscored = self._unscored()
@@ -190,7 +204,9 @@ class GeneticSearch(Searcher):
     # ----------------------------------------------------------- checkpoint
     @staticmethod
     def _pack(individuals: list[_Individual]) -> list[tuple[list[Any], float | None]]:
-        return [(list(ind), ind.fitness.values[0] if ind.fitness.valid else None) for ind in individuals]
+        return [
+            (list(ind), ind.fitness.values[0] if ind.fitness.valid else None) for ind in individuals
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {

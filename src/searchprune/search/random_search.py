@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+
 from searchprune.search.base import SEARCHERS, Searcher
+
 
 @SEARCHERS.register("random", "independent random genomes repaired to the budget (baseline)")
 class RandomSearch(Searcher):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -35,14 +35,14 @@ class Split:
             return
         self.batch_size = batch_size
         if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
-            inputs, targets = data
+            inputs, targets = cast(Batch, data)
             if len(inputs) != len(targets):
                 raise ValueError(
                     f"split inputs and targets differ in length ({len(inputs)} vs {len(targets)})"
                 )
             self._tensors, self._iterable = (inputs, targets), None
         elif isinstance(data, Iterable):
-            self._tensors, self._iterable = None, data
+            self._tensors, self._iterable = None, cast(Iterable[Batch], data)
         else:
             raise TypeError(
                 "a split must be an (inputs, targets) tensor pair or an iterable of such "
@@ -58,7 +58,10 @@ class Split:
         if self._tensors is not None:
             inputs, targets = self._tensors
             for start in range(0, len(inputs), self.batch_size):
-                yield inputs[start : start + self.batch_size], targets[start : start + self.batch_size]
+                yield (
+                    inputs[start : start + self.batch_size],
+                    targets[start : start + self.batch_size],
+                )
         else:
             assert self._iterable is not None
             for batch in self._iterable:
@@ -93,7 +96,9 @@ class Task:
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
-            raise TypeError(f"Task.model must be a torch.nn.Module, not {type(self.model).__name__}")
+            raise TypeError(
+                f"Task.model must be a torch.nn.Module, not {type(self.model).__name__}"
+            )
         self.train = Split(self.train, self.batch_size)
         self.val = Split(self.val, self.batch_size)
         if self.test is not None:

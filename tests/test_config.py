@@ -43,8 +43,12 @@ def test_wrong_type_and_out_of_range_values() -> None:
     assert "budget.sparsity must be a fraction strictly between 0 and 1" in _error(
         {**BASE, "budget": {"sparsity": 1.5}}
     )
-    assert "budget: unknown budget 'speed'; use one of sparsity" in _error({**BASE, "budget": {"speed": 2}})
-    assert "budget must name exactly one of" in _error({**BASE, "budget": {"flops": 0.5, "params": 0.5}})
+    assert "budget: unknown budget 'speed'; use one of sparsity" in _error(
+        {**BASE, "budget": {"speed": 2}}
+    )
+    assert "budget must name exactly one of" in _error(
+        {**BASE, "budget": {"flops": 0.5, "params": 0.5}}
+    )
     assert "space.granularity: unknown granularity 'filter'" in _error(
         {**BASE, "space": {"granularity": "filter"}}
     )

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from searchprune.core.budget import BUDGET_KINDS, Budget
 from searchprune.core.masks import parse_granularity
-from searchprune.registry import UnknownNameError, unknown_name_message
+from searchprune.registry import SpecError, UnknownNameError, unknown_name_message
 
 
-class ConfigError(ValueError):
+class ConfigError(SpecError):
     """A config that cannot be run; the message names the key and the fix."""
 
 

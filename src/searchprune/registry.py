@@ -11,7 +11,15 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class SpecError(ValueError):
+    """A wrong name or value in what the user asked for (a config, or API arguments).
+
+    The CLI reports these as config errors (exit status 2); the message names the
+    field and the fix.
+    """
+
+
+class UnknownNameError(SpecError):
     """A name that is not in a registry; the message lists the valid names."""
 
 
@@ -70,14 +78,14 @@ def import_object(path: str, field: str) -> object:
     """Import ``"package.module:attribute"``, with an error naming the config field."""
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
-        raise ValueError(f"{field}: {path!r} is not of the form 'package.module:function'")
+        raise SpecError(f"{field}: {path!r} is not of the form 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"{field}: cannot import module {module_name!r} ({error})") from error
+        raise SpecError(f"{field}: cannot import module {module_name!r} ({error})") from error
     try:
         return getattr(module, attribute)
     except AttributeError as error:
-        raise ValueError(
+        raise SpecError(
             f"{field}: module {module_name!r} has no attribute {attribute!r}"
         ) from error

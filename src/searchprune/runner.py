@@ -27,13 +27,12 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from searchprune.config import Config, ConfigError, apply_override, validate_config
-from searchprune.core.layers import NoPrunableLayerError
 from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
 from searchprune.fitness import FITNESSES, FitnessFn
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
-from searchprune.registry import UnknownNameError, import_object, unknown_name_message
+from searchprune.registry import SpecError, UnknownNameError, import_object, unknown_name_message
 from searchprune.report import (
     comparison_table,
     plot_fitness,
@@ -42,7 +41,6 @@ from searchprune.report import (
     write_json,
 )
 from searchprune.search import SEARCHERS, Searcher
-from searchprune.space import BudgetError
 from searchprune.tasks.base import Split, Task, score_model
 from searchprune.tasks.builtin import BUILTIN_TASKS, load_builtin_task
 
@@ -354,10 +352,10 @@ def run(
     torch.set_num_threads(config.evaluator.threads)
     random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
-    task = build_task(config)
     try:
+        task = build_task(config)
         problem = build_problem(config, task)
-    except (BudgetError, NoPrunableLayerError, UnknownNameError) as error:
+    except SpecError as error:
         raise ConfigError(str(error)) from None
     if config.method is not None:
         started = time.perf_counter()

@@ -28,12 +28,12 @@ from searchprune.core.budget import Budget
 from searchprune.core.masks import MaskSet
 from searchprune.core.units import CostModel, Unit
 from searchprune.pruners.criteria import channel_scores
-from searchprune.registry import Registry
+from searchprune.registry import Registry, SpecError
 
 _EPS = 1e-6
 
 
-class BudgetError(ValueError):
+class BudgetError(SpecError):
     """A budget that cannot be met within the space's bounds."""
 
 
@@ -141,7 +141,7 @@ class Space(ABC):
         self, min_ratio: float, max_ratio: float, layer_bounds: Mapping[str, tuple[float, float]]
     ) -> tuple[np.ndarray, np.ndarray]:
         if not 0.0 <= min_ratio <= max_ratio <= 1.0:
-            raise ValueError(
+            raise SpecError(
                 f"space.min_ratio={min_ratio} and space.max_ratio={max_ratio} must satisfy "
                 "0 <= min_ratio <= max_ratio <= 1"
             )
@@ -150,7 +150,7 @@ class Space(ABC):
         known = {layer for unit in self.units for layer in unit.layers}
         for layer, (low, high) in layer_bounds.items():
             if layer not in known:
-                raise ValueError(
+                raise SpecError(
                     f"space.layer_bounds names {layer!r}, which is not a prunable layer; "
                     f"prunable layers: {sorted(known)}"
                 )
@@ -239,7 +239,7 @@ class BinarySpace(Space):
         self, cost: CostModel, budget: Budget, weight_scores: Mapping[str, Tensor], **bounds: object
     ) -> None:
         if cost.granularity != "channel":
-            raise ValueError(
+            raise SpecError(
                 "space.name=binary needs space.granularity: channel (one bit per channel or "
                 "unit); use space.name: layer-ratios for weight granularity"
             )

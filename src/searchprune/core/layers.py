@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from searchprune.registry import SpecError
+
 PRUNABLE_TYPES: dict[type[nn.Module], str] = {
     nn.Linear: "linear",
     nn.Conv1d: "conv1d",
@@ -22,7 +24,7 @@ PRUNABLE_TYPES: dict[type[nn.Module], str] = {
 }
 
 
-class NoPrunableLayerError(ValueError):
+class NoPrunableLayerError(SpecError):
     """The model has no layer that can be pruned."""
 
 
@@ -94,7 +96,7 @@ def discover_layers(
     }
     unknown = sorted(set(exclude) - set(candidates))
     if unknown:
-        raise ValueError(
+        raise SpecError(
             f"space.exclude names {unknown}, which are not Linear/Conv layers of the model; "
             f"its layers are: {sorted(candidates)}"
         )

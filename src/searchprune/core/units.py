@@ -19,6 +19,7 @@ import numpy as np
 
 from searchprune.core.graph import DependencyGraph
 from searchprune.core.layers import LayerInfo
+from searchprune.registry import SpecError
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def build_units(layers: list[LayerInfo], graph: DependencyGraph, granularity: st
             )
             for group in graph.prunable_groups()
         ]
-    raise ValueError(
+    raise SpecError(
         f"search spaces support granularity weight or channel, not {granularity!r}; "
         "n:m masks come from MaskSet and the magnitude baselines"
     )

@@ -25,10 +25,7 @@ CRITERIA: Registry[Criterion] = Registry("criterion", "space.criterion")
 def magnitude(model: nn.Module, layers: list[LayerInfo], task: Task) -> dict[str, Tensor]:
     """Weight magnitude ``|w|`` (Han et al. 2015, "Learning both Weights and Connections")."""
     modules = dict(model.named_modules())
-    return {
-        layer.name: modules[layer.name].weight.detach().abs().cpu().float()
-        for layer in layers
-    }
+    return {layer.name: modules[layer.name].weight.detach().abs().cpu().float() for layer in layers}
 
 
 def channel_scores(weight_scores: dict[str, Tensor], unit: Unit) -> Tensor:

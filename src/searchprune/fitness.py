@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from searchprune.core.masks import MaskSet
-from searchprune.registry import Registry
+from searchprune.registry import Registry, SpecError, import_object
 from searchprune.tasks.base import LossFn, Split
 
 
@@ -90,6 +90,19 @@ def r_flops(ctx: FitnessContext) -> dict[str, float]:
     acc = ctx.accuracy()
     flops = max(float(ctx.stats["flops"]), 1.0)
     return {"fitness": -(1.0 - acc) * math.log(flops), "val_accuracy": acc}
+
+
+def resolve_fitness(fitness: str | FitnessFn) -> FitnessFn:
+    """A fitness callable from a built-in name, a ``"package.module:function"`` string,
+    or the callable itself."""
+    if callable(fitness):
+        return fitness
+    if ":" in fitness:
+        fn = import_object(fitness, "fitness.name")
+        if not callable(fn):
+            raise SpecError(f"fitness.name: {fitness!r} is not callable")
+        return fn
+    return FITNESSES.get(fitness)
 
 
 def call_fitness(

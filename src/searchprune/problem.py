@@ -20,7 +20,13 @@ from searchprune.core.layers import LayerInfo, discover_layers
 from searchprune.core.masks import MaskApplier, MaskSet, parse_granularity
 from searchprune.core.stats import mask_stats
 from searchprune.core.units import CostModel
-from searchprune.fitness import FitnessContext, FitnessError, FitnessFn, call_fitness
+from searchprune.fitness import (
+    FitnessContext,
+    FitnessError,
+    FitnessFn,
+    call_fitness,
+    resolve_fitness,
+)
 from searchprune.pruners.criteria import CRITERIA
 from searchprune.space import SPACES, Space
 from searchprune.tasks.base import Split, Task
@@ -53,7 +59,7 @@ class Problem:
         task: Task,
         *,
         budget: Budget,
-        fitness: FitnessFn,
+        fitness: str | FitnessFn = "accuracy",
         space: str = "layer-ratios",
         granularity: str = "weight",
         criterion: str = "magnitude",
@@ -68,7 +74,7 @@ class Problem:
     ) -> None:
         self.task = task.without_test()
         self.budget = budget
-        self.fitness = fitness
+        self.fitness = resolve_fitness(fitness)
         self.penalty = penalty
         self.device = torch.device(device)
         self.model = self.task.model.to(self.device).eval()

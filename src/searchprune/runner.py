@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from searchprune.config import Config, ConfigError, apply_override, validate_config
 from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
-from searchprune.fitness import FITNESSES, FitnessFn
+from searchprune.fitness import FITNESSES
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
 from searchprune.registry import SpecError, UnknownNameError, import_object, unknown_name_message
@@ -40,7 +39,7 @@ from searchprune.report import (
     read_history,
     write_json,
 )
-from searchprune.search import SEARCHERS, Searcher
+from searchprune.search import SEARCHERS, Searcher, make_searcher
 from searchprune.tasks.base import Split, Task, score_model
 from searchprune.tasks.builtin import BUILTIN_TASKS, load_builtin_task
 
@@ -75,21 +74,12 @@ def build_task(config: Config) -> Task:
     return task
 
 
-def resolve_fitness(name: str) -> FitnessFn:
-    if ":" in name:
-        fn = import_object(name, "fitness.name")
-        if not callable(fn):
-            raise ConfigError(f"fitness.name: {name!r} is not callable")
-        return fn
-    return FITNESSES.get(name)
-
-
 def build_problem(config: Config, task: Task) -> Problem:
     space = config.space
     return Problem(
         task,
         budget=config.budget_spec,
-        fitness=resolve_fitness(config.fitness.name),
+        fitness=config.fitness.name,
         space=space.name,
         granularity=space.granularity,
         criterion=space.criterion,
@@ -106,25 +96,8 @@ def build_problem(config: Config, task: Task) -> Problem:
 
 def build_searcher(config: Config, problem: Problem) -> Searcher:
     assert config.searcher is not None
-    cls = SEARCHERS.get(config.searcher.name)
-    try:
-        params = cls.Params.model_validate(config.searcher.model_extra or {})
-    except ValidationError as error:
-        lines = []
-        for item in error.errors():
-            key = ".".join(str(p) for p in item["loc"])
-            if item["type"] == "extra_forbidden":
-                valid = ", ".join(["name", *sorted(cls.Params.model_fields)])
-                lines.append(
-                    f"searcher.{key}: unknown key for searcher {cls.name!r}; valid keys: {valid}"
-                )
-            else:
-                lines.append(f"searcher.{key}: {item['msg']} (got {item.get('input')!r})")
-        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
-    try:
-        return cls(problem.space, params, seed=config.run.seed)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    params = config.searcher.model_extra or {}
+    return make_searcher(config.searcher.name, problem.space, seed=config.run.seed, **params)
 
 
 def build_evaluator(config: Config, problem: Problem) -> Evaluator:
@@ -309,11 +282,13 @@ def finish(
             problem, baseline_masks, problem.score_masks(baseline_masks, name), test
         )
         densities[name] = problem.layer_density(baseline_masks)
+    history = read_history(out / HISTORY)
     summary = {
         "seed": config.run.seed,
         "task": config.task.name,
         "method": config.method or (config.searcher.name if config.searcher else ""),
         "evaluations": state.evals,
+        "unique_evaluations": sum(1 for row in history if not row.get("cached", False)),
         "wall_time_s": round(state.elapsed, 3),
         "budget": config.budget,
         "dense": {
@@ -325,7 +300,7 @@ def finish(
     }
     write_json(out / "summary.json", summary)
     plot_fitness(
-        read_history(out / HISTORY),
+        history,
         out / "fitness.png",
         f"{summary['method']} on {config.task.name}",
     )
@@ -379,7 +354,10 @@ def run(
             + "\n"
         )
         return finish(config, task, problem, (masks, evaluation), state, out, echo)
-    searcher = build_searcher(config, problem)
+    try:
+        searcher = build_searcher(config, problem)
+    except SpecError as error:
+        raise ConfigError(str(error)) from None
     state = LoopState()
     if resume and (out / CHECKPOINT).exists():
         state = _load_checkpoint(out, searcher)

@@ -15,9 +15,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from searchprune.registry import Registry
+from searchprune.registry import Registry, SpecError
 from searchprune.space import Space
 
 
@@ -66,3 +66,29 @@ class Searcher(ABC):
 
 
 SEARCHERS: Registry[type[Searcher]] = Registry("searcher", "searcher.name")
+
+
+def make_searcher(name: str, space: Space, seed: int = 0, **params: Any) -> Searcher:
+    """Build the searcher registered as ``name``, with its ``params`` validated.
+
+    :raises SpecError: naming ``searcher.<key>`` for an unknown or invalid parameter.
+    """
+    cls = SEARCHERS.get(name)
+    try:
+        validated = cls.Params.model_validate(params)
+    except ValidationError as error:
+        lines = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            if item["type"] == "extra_forbidden":
+                valid = ", ".join(["name", *sorted(cls.Params.model_fields)])
+                lines.append(
+                    f"searcher.{key}: unknown key for searcher {name!r}; valid keys: {valid}"
+                )
+            else:
+                lines.append(f"searcher.{key}: {item['msg']} (got {item.get('input')!r})")
+        raise SpecError("invalid config:\n  " + "\n  ".join(lines)) from None
+    try:
+        return cls(space, validated, seed=seed)
+    except ValueError as error:
+        raise SpecError(str(error)) from None

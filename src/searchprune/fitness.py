@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,23 +22,35 @@ class FitnessError(RuntimeError):
     """A fitness function raised, or returned something that is not a finite number."""
 
 
-@dataclass
 class FitnessContext:
     """What a fitness function sees.
 
     ``model`` has the candidate's masks applied and is in eval mode; ``val`` and
-    ``train`` are the task's splits (never test); ``stats`` holds ``sparsity``,
+    ``train`` are the task's splits (never test); ``masks`` is the candidate's
+    :class:`MaskSet` (built on first access); ``stats`` holds ``sparsity``,
     ``flops_fraction``, ``params_fraction``, ``flops`` and ``params`` of the candidate.
     """
 
-    model: nn.Module
-    val: Split
-    train: Split
-    device: torch.device
-    masks: MaskSet
-    stats: dict[str, float]
-    loss: LossFn
-    _outputs: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        model: nn.Module,
+        val: Split,
+        train: Split,
+        device: torch.device,
+        masks: MaskSet | Callable[[], MaskSet],
+        stats: dict[str, float],
+        loss: LossFn,
+    ) -> None:
+        self.model, self.val, self.train, self.device = model, val, train, device
+        self.stats, self.loss = stats, loss
+        self._masks = masks
+        self._outputs: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def masks(self) -> MaskSet:
+        if not isinstance(self._masks, MaskSet):
+            self._masks = self._masks()
+        return self._masks
 
     def outputs(self) -> tuple[Tensor, Tensor]:
         """Logits and targets over the whole val split (computed once, then cached)."""
@@ -48,7 +59,10 @@ class FitnessContext:
             for inputs, target in self.val:
                 logits.append(self.model(inputs.to(self.device)))
                 targets.append(target.to(self.device))
-            self._outputs = (torch.cat(logits), torch.cat(targets))
+            if len(logits) == 1:
+                self._outputs = (logits[0], targets[0])
+            else:
+                self._outputs = (torch.cat(logits), torch.cat(targets))
         return self._outputs
 
     def accuracy(self) -> float:

@@ -6,9 +6,10 @@ reach test data.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -97,6 +98,7 @@ class Problem:
         )
         norms = [name for name, module in self.model.named_modules() if isinstance(module, _NORMS)]
         self.applier = MaskApplier(self.model, [layer.name for layer in prunable], norms)
+        self.space.prepare(self.applier)
         self.val = _on_device(self.task.split("val"), self.device)
         self.train = _on_device(self.task.split("train"), self.device)
         if bn_samples is None:
@@ -145,8 +147,13 @@ class Problem:
         if self._bn_batch is not None:
             self._recalibrate()
 
-    def _score(self, masks: MaskSet, stats: dict[str, float], label: str) -> Evaluation:
-        self._apply(masks)
+    def _score(
+        self, masks: MaskSet | Callable[[], MaskSet], stats: dict[str, float], label: str
+    ) -> Evaluation:
+        """Score the model as it is now masked; ``masks`` (or a function that builds
+        them, called only if the fitness asks) describe it to the fitness."""
+        if self._bn_batch is not None:
+            self._recalibrate()
         ctx = FitnessContext(
             model=self.model,
             val=self.val,
@@ -157,35 +164,43 @@ class Problem:
             loss=self.task.loss,
         )
         try:
-            with torch.inference_mode():
-                fitness, metrics = call_fitness(self.fitness, ctx, label)
+            fitness, metrics = call_fitness(self.fitness, ctx, label)
         except FitnessError as error:
             if self.penalty is None:
                 raise
             return Evaluation(self.penalty, dict(stats), error=str(error))
         return Evaluation(fitness, {**metrics, **stats})
 
+    @torch.inference_mode()
     def score(self, genomes: np.ndarray, labels: Sequence[str]) -> list[Evaluation]:
         """Score repaired genomes ``(P, dim)``; ``labels`` name them in error messages.
 
         The model is left dense afterwards.
         """
         figures = self.space.figures(genomes)
+        removed = self.space.removed(genomes)
+        # neighbours in this order differ little, so in-place masking writes little
+        order = np.lexsort(removed.T[np.argsort(self.cost.sizes)])
+        results: dict[int, Evaluation] = {}
         try:
-            results = []
-            for index, genome in enumerate(genomes):
+            for index in order.tolist():
+                genome = genomes[index]
                 stats = {key: float(values[index]) for key, values in figures.items()}
                 stats["flops"] = stats["flops_fraction"] * self.cost.dense_flops
                 stats["params"] = stats["params_fraction"] * self.cost.dense_params
-                results.append(self._score(self.space.decode(genome), stats, labels[index]))
-            return results
+                self.space.apply(genome, removed[index], self.applier)
+                decode = partial(self.space.decode, genome)
+                results[index] = self._score(decode, stats, labels[index])
+            return [results[index] for index in range(len(genomes))]
         finally:
             self.applier.restore()
 
+    @torch.inference_mode()
     def score_masks(self, masks: MaskSet, label: str = "masks") -> Evaluation:
         """Score any masks (a baseline's, a loaded file's), with exact statistics."""
         stats = self.exact_stats(masks)
         try:
+            self.applier.apply(masks)
             return self._score(masks, stats, label)
         finally:
             self.applier.restore()

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from searchprune.core.budget import Budget
-from searchprune.core.masks import MaskSet
+from searchprune.core.masks import MaskApplier, MaskSet
 from searchprune.core.units import CostModel, Unit
 from searchprune.pruners.criteria import channel_scores
 from searchprune.registry import Registry, SpecError
@@ -125,6 +125,7 @@ class Space(ABC):
     ) -> None:
         self.cost, self.budget = cost, budget
         self.units: list[Unit] = cost.units
+        self._unit_names = [unit.name for unit in self.units]
         self.granularity = cost.granularity
         if max_ratio is None:
             max_ratio = 0.99 if self.granularity == "weight" else 0.9
@@ -134,8 +135,6 @@ class Space(ABC):
             self._ranks = [_rank(weight_scores[unit.name]) for unit in self.units]
         else:
             self._ranks = [_rank(channel_scores(dict(weight_scores), unit)) for unit in self.units]
-        # float copies: building a float 0/1 mask is several times faster than a bool one
-        self._float_ranks = [rank.float() for rank in self._ranks]
 
     def _bounds(
         self, min_ratio: float, max_ratio: float, layer_bounds: Mapping[str, tuple[float, float]]
@@ -180,6 +179,14 @@ class Space(ABC):
     def decode(self, genome: np.ndarray) -> MaskSet:
         """The masks of one repaired genome."""
 
+    def prepare(self, applier: MaskApplier) -> None:  # noqa: B027 (optional hook)
+        """Register with ``applier`` what :meth:`apply` needs (called once)."""
+
+    def apply(self, genome: np.ndarray, removed: np.ndarray, applier: MaskApplier) -> None:
+        """Apply one repaired genome's masks to the model in place (the hot path);
+        ``removed`` is its row of :meth:`removed`."""
+        applier.apply(self.decode(genome))
+
     def figures(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
         """Count-model sparsity, FLOPs and params fractions of repaired genomes."""
         return self.cost.fractions(self.removed(genomes))
@@ -213,15 +220,34 @@ class LayerRatioSpace(Space):
     def removed(self, genomes: np.ndarray) -> np.ndarray:
         return np.round(np.atleast_2d(genomes) * self.cost.sizes)
 
+    def prepare(self, applier: MaskApplier) -> None:
+        if self.granularity == "weight":
+            applier.set_orders(
+                {
+                    unit.name: torch.argsort(rank.reshape(-1))
+                    for unit, rank in zip(self.units, self._ranks, strict=True)
+                }
+            )
+
+    def apply(self, genome: np.ndarray, removed: np.ndarray, applier: MaskApplier) -> None:
+        """At weight granularity, zero each layer's lowest-ranked weights through
+        :meth:`MaskApplier.apply_ranked`, which writes only what changed since the
+        previous candidate (no mask is built)."""
+        if self.granularity != "weight":
+            super().apply(genome, removed, applier)
+            return
+        applier.apply_ranked(
+            dict(zip(self._unit_names, removed.astype(np.int64).tolist(), strict=True)),
+        )
+
     def decode(self, genome: np.ndarray) -> MaskSet:
         removed = self.removed(genome)[0].astype(np.int64)
         if self.granularity == "weight":
-            # rank - (k - 1) clamped to [0, 1] is 1.0 exactly where rank >= k, else 0.0
             return MaskSet(
                 "weight",
                 weights={
-                    unit.name: (rank - float(k - 1)).clamp_(0.0, 1.0)
-                    for unit, rank, k in zip(self.units, self._float_ranks, removed, strict=True)
+                    unit.name: rank >= int(k)
+                    for unit, rank, k in zip(self.units, self._ranks, removed, strict=True)
                 },
             )
         return self._channel_masks(

@@ -66,10 +66,9 @@ def split_nm(granularity: str) -> tuple[int, int]:
 
 
 class MaskSet:
-    """Keep-masks (True = kept) for prunable layers, plus channel masks for norms.
+    """Boolean keep-masks (True = kept) for prunable layers, plus channel masks for norms.
 
-    ``weights`` maps a layer name to a mask of its weight's shape: boolean, or float
-    0/1 (faster to apply: the search hot path builds those). ``channels`` maps a
+    ``weights`` maps a layer name to a mask of its weight's shape. ``channels`` maps a
     layer or BatchNorm name to a keep-mask over its output channels; for a layer, its
     bias follows it, and at channel granularity its weight does too (the weight mask is
     then the channel mask broadcast over the other dims).
@@ -82,16 +81,13 @@ class MaskSet:
         channels: Mapping[str, Tensor] | None = None,
     ) -> None:
         self.granularity = granularity
-        self.weights: dict[str, Tensor] = {
-            k: v if v.dtype in (torch.bool, torch.float32) else v.bool()
-            for k, v in (weights or {}).items()
-        }
+        self.weights: dict[str, Tensor] = {k: v.bool() for k, v in (weights or {}).items()}
         self.channels: dict[str, Tensor] = {k: v.bool() for k, v in (channels or {}).items()}
 
     def weight_mask(self, layer: str, shape: tuple[int, ...]) -> Tensor:
         """The full weight-shaped keep-mask of ``layer`` (all True if unmasked)."""
         if layer in self.weights:
-            return self.weights[layer].bool()
+            return self.weights[layer]
         if layer in self.channels:
             channel = self.channels[layer]
             return channel.view(-1, *([1] * (len(shape) - 1))).expand(shape)
@@ -107,7 +103,7 @@ class MaskSet:
             self.granularity == other.granularity
             and self.weights.keys() == other.weights.keys()
             and self.channels.keys() == other.channels.keys()
-            and all(torch.equal(v.bool(), other.weights[k].bool()) for k, v in self.weights.items())
+            and all(torch.equal(v, other.weights[k]) for k, v in self.weights.items())
             and all(torch.equal(v, other.channels[k]) for k, v in self.channels.items())
         )
 
@@ -122,7 +118,7 @@ class MaskSet:
         """Write the masks to a compressed ``.npz`` (readable without searchprune)."""
         arrays: dict[str, np.ndarray] = {"__granularity__": np.array(self.granularity)}
         for name, mask in self.weights.items():
-            arrays[f"weight/{name}"] = mask.bool().cpu().numpy()
+            arrays[f"weight/{name}"] = mask.cpu().numpy()
         for name, mask in self.channels.items():
             arrays[f"channel/{name}"] = mask.cpu().numpy()
         with open(path, "wb") as handle:
@@ -177,6 +173,10 @@ class MaskApplier:
     applying a mask is then one ``torch.mul(dense, mask, out=param)`` per tensor, and
     restoring is one ``copy_``: no deepcopy of the model per candidate. BatchNorm running
     statistics are saved too, so a recalibration can be undone.
+
+    Masks that remove the ``k`` lowest-ranked weights of a layer (what the
+    ``layer-ratios`` space decodes to) have a faster path, :meth:`apply_ranked`, which
+    only writes the weights between the previous ``k`` and the new one.
     """
 
     def __init__(self, model: nn.Module, layers: list[str], norms: list[str]) -> None:
@@ -190,11 +190,47 @@ class MaskApplier:
                 if isinstance(tensor, Tensor):
                     self._tensors[f"{name}.{attr}"] = (tensor.data, tensor.detach().clone())
         self._touched: set[str] = set()
+        self._orders: dict[str, Tensor] = {}
+        self._prefix: dict[str, int] = {}  # weight key -> k zeroed by apply_ranked
 
     def _set(self, key: str, mask: Tensor) -> None:
         live, dense = self._tensors[key]
         torch.mul(dense, mask.to(dense.device), out=live)
         self._touched.add(key)
+        self._prefix.pop(key, None)
+
+    def set_orders(self, orders: Mapping[str, Tensor]) -> None:
+        """Register, per layer, its flat weight indices from lowest to highest score."""
+        for name, order in orders.items():
+            dense = self._tensors[f"{name}.weight"][1]
+            self._orders[f"{name}.weight"] = order.to(device=dense.device, dtype=torch.int64)
+
+    def apply_ranked(self, removed: Mapping[str, int]) -> None:
+        """Zero the ``removed[layer]`` lowest-ranked weights of each layer (ranks from
+        :meth:`set_orders`) and undo everything else; equal to :meth:`apply` with the
+        matching masks, but writes only what changed since the previous call."""
+        keys = {f"{name}.weight" for name in removed}
+        for key in self._touched - keys:
+            live, dense = self._tensors[key]
+            live.copy_(dense)
+            self._prefix.pop(key, None)
+        self._touched &= keys
+        for name, count in removed.items():
+            key = f"{name}.weight"
+            live, dense = self._tensors[key]
+            current = self._prefix.get(key)
+            if current is None:
+                if key in self._touched:
+                    live.copy_(dense)
+                current = 0
+            order, flat = self._orders[key], live.view(-1)
+            if count > current:
+                flat.index_fill_(0, order[current:count], 0.0)
+            elif count < current:
+                back = order[count:current]
+                flat.index_copy_(0, back, dense.view(-1).index_select(0, back))
+            self._prefix[key] = count
+            self._touched.add(key)
 
     def apply(self, masks: MaskSet) -> None:
         """Zero what ``masks`` removes, undoing any previous mask first.
@@ -206,6 +242,7 @@ class MaskApplier:
         for key in self._touched - overwritten:
             live, dense = self._tensors[key]
             live.copy_(dense)
+            self._prefix.pop(key, None)
         self._touched &= overwritten
         for name, mask in masks.weights.items():
             self._set(f"{name}.weight", mask)
@@ -231,6 +268,7 @@ class MaskApplier:
             live, dense = self._tensors[key]
             live.copy_(dense)
         self._touched.clear()
+        self._prefix.clear()
 
     @contextmanager
     def applied(self, masks: MaskSet) -> Iterator[nn.Module]:

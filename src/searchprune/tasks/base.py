@@ -57,6 +57,9 @@ class Split:
     def __iter__(self) -> Iterator[Batch]:
         if self._tensors is not None:
             inputs, targets = self._tensors
+            if len(inputs) <= self.batch_size:  # one batch: no slicing (per-candidate hot path)
+                yield inputs, targets
+                return
             for start in range(0, len(inputs), self.batch_size):
                 yield (
                     inputs[start : start + self.batch_size],

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,7 +124,9 @@ def test_fitness_failure_exits_1(
     monkeypatch.syspath_prepend(PLUGINS)
     config = _config(tmp_path, fitness="user_plugin:make_task")  # wrong signature: raises
     assert main(["run", str(config), "--out", str(tmp_path / "f")]) == 1
-    assert re.search(r"fitness 'make_task' raised TypeError on candidate #\d+", capsys.readouterr().err)
+    assert re.search(
+        r"fitness 'make_task' raised TypeError on candidate #\d+", capsys.readouterr().err
+    )
 
 
 def test_list_names_everything(capsys: pytest.CaptureFixture[str]) -> None:

@@ -132,3 +132,23 @@ def test_batchnorm_recalibration_changes_scores_and_is_undone(digits_resnet_task
     assert all(torch.equal(before[k], after[k]) for k in before), "running stats restored"
     assert with_recal != without
     assert with_recal > without - 0.05  # recalibration should not hurt much, usually helps
+
+
+def test_channels_last_conv_masking_matches_a_contiguous_reference() -> None:
+    from searchprune.tasks.models import DigitsCNN
+
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(64, 64), torch.randint(0, 10, (64,))
+    task = Task(model=DigitsCNN(), train=(inputs, targets), val=(inputs, targets))
+    reference_model = copy.deepcopy(task.model)
+    problem = Problem(task, budget=Budget("sparsity", 0.7), fitness="neg_loss", channels_last=True)
+    conv = next(m for m in problem.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    results = LocalEvaluator(problem).evaluate(problem.space.sample(np.random.default_rng(0), 5))
+    for result in results:
+        masked = copy.deepcopy(reference_model)
+        modules = dict(masked.named_modules())
+        for name, mask in problem.space.decode(result.genome).weights.items():
+            modules[name].weight.data.mul_(mask)  # type: ignore[union-attr]
+        expected = -score_model(masked, problem.val).loss
+        assert result.fitness == pytest.approx(expected, rel=1e-4)

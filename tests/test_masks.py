@@ -122,3 +122,36 @@ def test_nm_mask_needs_divisible_rows_and_granularity_names_parse() -> None:
     assert parse_granularity("2:4") == "2:4"
     with pytest.raises(ValueError, match="unknown granularity"):
         parse_granularity("filters")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 64 * 300 - 1), st.integers(0, 300 * 100 - 1), st.booleans()),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_ranked_masking_equals_full_masks_whatever_came_before(
+    steps: list[tuple[int, int, bool]],
+) -> None:
+    torch.manual_seed(0)
+    model = DigitsMLP()
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:2]
+    modules = dict(model.named_modules())
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    orders = {n: torch.randperm(modules[n].weight.numel()) for n in names}  # type: ignore[union-attr]
+    applier = MaskApplier(model, names, [])
+    applier.set_orders(orders)
+    for first, second, interleave_full_mask in steps:
+        if interleave_full_mask:  # an arbitrary mask in between must not leak into the next
+            applier.apply(_random_masks(model, names, seed=first))
+        removed = dict(zip(names, (first, second), strict=True))
+        applier.apply_ranked(removed)
+        for name in names:
+            keep = torch.ones(modules[name].weight.numel(), dtype=torch.bool)  # type: ignore[union-attr]
+            keep[orders[name][: removed[name]]] = False
+            expected = dense[f"{name}.weight"] * keep.view_as(dense[f"{name}.weight"])
+            assert torch.equal(modules[name].weight.detach(), expected)  # type: ignore[union-attr]
+    applier.restore()
+    assert all(torch.equal(dense[k], v) for k, v in model.state_dict().items())

@@ -80,6 +80,7 @@ class EvaluatorConfig(_Section):
     device: str = "cpu"
     threads: int = Field(1, ge=1, description="torch threads; 1 is fastest for small models here")
     cache: bool = True
+    channels_last: bool = Field(True, description="NHWC memory format for models with Conv2d")
 
 
 class RunConfig(_Section):

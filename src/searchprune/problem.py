@@ -72,6 +72,7 @@ class Problem:
         bn_samples: int | None = None,
         penalty: float | None = None,
         device: str = "cpu",
+        channels_last: bool = True,
     ) -> None:
         self.task = task.without_test()
         self.budget = budget
@@ -79,6 +80,9 @@ class Problem:
         self.penalty = penalty
         self.device = torch.device(device)
         self.model = self.task.model.to(self.device).eval()
+        if channels_last and any(isinstance(m, nn.Conv2d) for m in self.model.modules()):
+            # NHWC convolutions ran 2.8x faster on the digits CNN here (1 thread)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         example = self.task.example_input().to(self.device)
         self.layers: list[LayerInfo] = discover_layers(
             self.model, example, exclude_output=exclude_output, exclude=exclude

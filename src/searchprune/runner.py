@@ -91,6 +91,7 @@ def build_problem(config: Config, task: Task) -> Problem:
         bn_samples=config.fitness.bn_samples,
         penalty=config.fitness.penalty,
         device=config.evaluator.device,
+        channels_last=config.evaluator.channels_last,
     )
 
 

@@ -166,6 +166,11 @@ class MaskSet:
         return cls(granularity, weights)
 
 
+def _memory_view(tensor: Tensor) -> Tensor:
+    """A 1-D view of a dense tensor's elements in memory order (any memory format)."""
+    return tensor.as_strided((tensor.numel(),), (1,), tensor.storage_offset())
+
+
 class MaskApplier:
     """Applies a :class:`MaskSet` to a model in place and restores it bit-exactly.
 
@@ -202,8 +207,10 @@ class MaskApplier:
     def set_orders(self, orders: Mapping[str, Tensor]) -> None:
         """Register, per layer, its flat weight indices from lowest to highest score."""
         for name, order in orders.items():
-            dense = self._tensors[f"{name}.weight"][1]
-            self._orders[f"{name}.weight"] = order.to(device=dense.device, dtype=torch.int64)
+            live = self._tensors[f"{name}.weight"][0]
+            # logical (row-major) index -> offset in memory, so channels_last works too
+            offsets = torch.arange(live.numel()).as_strided(live.shape, live.stride()).reshape(-1)
+            self._orders[f"{name}.weight"] = offsets[order.to(torch.int64)].to(live.device)
 
     def apply_ranked(self, removed: Mapping[str, int]) -> None:
         """Zero the ``removed[layer]`` lowest-ranked weights of each layer (ranks from
@@ -223,12 +230,12 @@ class MaskApplier:
                 if key in self._touched:
                     live.copy_(dense)
                 current = 0
-            order, flat = self._orders[key], live.view(-1)
+            order, flat = self._orders[key], _memory_view(live)
             if count > current:
                 flat.index_fill_(0, order[current:count], 0.0)
             elif count < current:
                 back = order[count:current]
-                flat.index_copy_(0, back, dense.view(-1).index_select(0, back))
+                flat.index_copy_(0, back, _memory_view(dense).index_select(0, back))
             self._prefix[key] = count
             self._touched.add(key)
 

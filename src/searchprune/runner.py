@@ -211,7 +211,9 @@ def search_loop(
             genomes = searcher.ask(min(searcher.batch_size, run.max_evals - state.evals))
             results = evaluator.evaluate(genomes, first_index=state.evals)
             searcher.tell(
-                np.stack([r.genome for r in results]), np.array([r.fitness for r in results])
+                np.stack([r.genome for r in results]),
+                np.array([r.fitness for r in results]),
+                [r.evaluation.metrics for r in results],
             )
             for result in results:
                 state.update(state.evals, result)

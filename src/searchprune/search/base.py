@@ -12,6 +12,7 @@ the repaired versions, as AMC's action wall does (He et al. 2018).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,8 +55,18 @@ class Searcher(ABC):
         """Up to ``n`` genomes to evaluate next, shape ``(k, dim)`` with ``1 <= k <= n``."""
 
     @abstractmethod
-    def tell(self, genomes: np.ndarray, fitness: np.ndarray) -> None:
-        """Scores of the genomes last asked for, in the same order (repaired genomes)."""
+    def tell(
+        self,
+        genomes: np.ndarray,
+        fitness: np.ndarray,
+        metrics: Sequence[Mapping[str, float]] | None = None,
+    ) -> None:
+        """Scores of the genomes last asked for, in the same order.
+
+        ``genomes`` come back repaired (on the budget); ``metrics`` holds each one's
+        figures (``sparsity``, ``flops_fraction``, ``params_fraction``, val metrics), for
+        searchers with more than one objective.
+        """
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where this searcher is."""

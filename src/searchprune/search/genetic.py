@@ -16,7 +16,7 @@ are plain lists inside the searcher, genomes leave it as numpy arrays.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -180,7 +180,12 @@ class GeneticSearch(Searcher):
         dtype = bool if self.space.kind == "binary" else np.float64
         return np.array([list(ind) for ind in batch], dtype=dtype)
 
-    def tell(self, genomes: np.ndarray, fitness: np.ndarray) -> None:
+    def tell(
+        self,
+        genomes: np.ndarray,
+        fitness: np.ndarray,
+        metrics: Sequence[Mapping[str, float]] | None = None,
+    ) -> None:
         batch = self._unscored()[: self._asked]
         if len(batch) != len(genomes):
             raise ValueError(f"tell() got {len(genomes)} genomes for {len(batch)} asked")

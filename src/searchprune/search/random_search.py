@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 
 from searchprune.search.base import SEARCHERS, Searcher
@@ -17,5 +19,10 @@ class RandomSearch(Searcher):
     def ask(self, n: int) -> np.ndarray:
         return self.space.sample(self.rng, n)
 
-    def tell(self, genomes: np.ndarray, fitness: np.ndarray) -> None:
+    def tell(
+        self,
+        genomes: np.ndarray,
+        fitness: np.ndarray,
+        metrics: Sequence[Mapping[str, float]] | None = None,
+    ) -> None:
         """Random search learns nothing."""

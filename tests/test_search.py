@@ -46,7 +46,9 @@ def _drive(searcher: Searcher, fitness: Callable[[np.ndarray], float], evals: in
         asked = searcher.ask(min(searcher.batch_size, evals - len(scores)))
         repaired = searcher.space.repair(asked)
         values = np.array([fitness(g) for g in repaired])
-        searcher.tell(repaired, values)
+        figures = searcher.space.figures(repaired)
+        metrics = [{k: float(v[i]) for k, v in figures.items()} for i in range(len(repaired))]
+        searcher.tell(repaired, values, metrics)
         scores.extend(values.tolist())
     return scores
 
@@ -58,6 +60,9 @@ def _distance_fitness(space: Space) -> Callable[[np.ndarray], float]:
 
 def _make(name: str, space: Space, seed: int, **params: object) -> Searcher:
     cls = SEARCHERS.get(name)
+    if name == "cmaes" and space.kind == "binary":
+        pytest.skip("CMA-ES searches real genomes only")
+    space.exact = cls.budget_mode == "exact"
     return cls(space, cls.Params.model_validate(params), seed=seed)
 
 

@@ -92,14 +92,12 @@ class RunConfig(_Section):
 
 
 class FinetuneConfig(_Section):
-    epochs: int = Field(0, ge=0)
+    """Fine-tuning of the best mask and of each baseline's, with the mask held fixed."""
 
-    @field_validator("epochs")
-    @classmethod
-    def _not_yet(cls, value: int) -> int:
-        if value:
-            raise ValueError("fine-tuning is not available yet; set finetune.epochs: 0")
-        return value
+    epochs: int = Field(0, ge=0, description="passes over the train split; 0 = no fine-tuning")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
 
 
 class Config(BaseModel):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+
+from searchprune.search.base import FrontMember
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -69,29 +71,70 @@ def plot_layer_sparsity(
     plt.close(figure)
 
 
-def comparison_table(summary: Mapping[str, Any]) -> str:
-    """The side-by-side console table: dense, best found, and each baseline."""
-    budget = ", ".join(f"{k} {v}" for k, v in summary["budget"].items())
-    rows = [("dense", summary["dense"], None)]
-    rows.append(
-        (f"best ({summary['method']})", summary["best"], summary["best"].get("val_fitness"))
+def write_front(front: Sequence[FrontMember], out: Path, title: str) -> list[dict[str, float]]:
+    """Save a Pareto front (``pareto_front.json`` with genomes, ``pareto_front.png``) and
+    return its fitness/cost pairs for the summary."""
+    members = [{"val_fitness": m.fitness, "cost": m.cost} for m in front]
+    write_json(
+        out / "pareto_front.json",
+        {
+            "members": [
+                {**pair, "genome": member.genome}
+                for pair, member in zip(members, front, strict=True)
+            ]
+        },
     )
-    rows += [
-        (name, figures, figures.get("val_fitness"))
-        for name, figures in summary["baselines"].items()
-    ]
+    figure, axes = plt.subplots(figsize=(6.4, 4.0))
+    axes.plot([m.cost for m in front], [m.fitness for m in front], "o-", color="C2")
+    axes.set_xlabel("cost (fraction of the dense model kept)")
+    axes.set_ylabel("val fitness")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out / "pareto_front.png", dpi=110)
+    plt.close(figure)
+    return members
+
+
+def pick_from_front(run_dir: str | Path, max_cost: float) -> dict[str, Any]:
+    """The member of a run's saved Pareto front with the best val fitness among those
+    whose cost is at most ``max_cost`` (e.g. a tighter FLOPs budget than the run's).
+
+    :raises ValueError: when no member is that cheap.
+    """
+    members = json.loads((Path(run_dir) / "pareto_front.json").read_text())["members"]
+    affordable = [m for m in members if m["cost"] <= max_cost]
+    if not affordable:
+        cheapest = min(m["cost"] for m in members)
+        raise ValueError(
+            f"no front member costs at most {max_cost}; the cheapest costs {cheapest:.4f}"
+        )
+    return max(affordable, key=lambda m: m["val_fitness"])
+
+
+def comparison_table(summary: Mapping[str, Any]) -> str:
+    """The side-by-side console table: dense, best found, and each baseline (with test
+    accuracy after fine-tuning when the run fine-tuned)."""
+    budget = ", ".join(f"{k} {v}" for k, v in summary["budget"].items())
+    rows = [("dense", summary["dense"]), (f"best ({summary['method']})", summary["best"])]
+    rows += list(summary["baselines"].items())
+    tuned = "finetuned" in summary["best"]
     header = f"{'':<26}{'val acc':>9}{'test acc':>10}{'sparsity':>10}{'FLOPs':>8}{'params':>8}"
     lines = [
         f"budget: {budget}   evaluations: {summary['evaluations']}   "
         f"wall time: {summary['wall_time_s']:.1f} s",
-        header,
+        header + (f"{'tuned test':>12}" if tuned else ""),
     ]
-    for name, figures, _ in rows:
-        lines.append(
-            f"{name:<26}{_pct(figures.get('val_accuracy')):>9}{_pct(figures.get('test_accuracy')):>10}"
-            f"{_pct(figures.get('sparsity', 0.0)):>10}{_pct(figures.get('flops_fraction', 1.0)):>8}"
+    for name, figures in rows:
+        line = (
+            f"{name:<26}{_pct(figures.get('val_accuracy')):>9}"
+            f"{_pct(figures.get('test_accuracy')):>10}{_pct(figures.get('sparsity', 0.0)):>10}"
+            f"{_pct(figures.get('flops_fraction', 1.0)):>8}"
             f"{_pct(figures.get('params_fraction', 1.0)):>8}"
         )
+        if tuned:
+            line += f"{_pct(figures.get('finetuned', {}).get('test_accuracy')):>12}"
+        lines.append(line)
     return "\n".join(lines)
 
 

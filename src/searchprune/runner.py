@@ -28,6 +28,7 @@ from tqdm import tqdm
 from searchprune.config import Config, ConfigError, apply_override, validate_config
 from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
+from searchprune.finetune import finetune
 from searchprune.fitness import FITNESSES
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
@@ -37,9 +38,11 @@ from searchprune.report import (
     plot_fitness,
     plot_layer_sparsity,
     read_history,
+    write_front,
     write_json,
 )
 from searchprune.search import SEARCHERS, Searcher, make_searcher
+from searchprune.search.base import FrontMember
 from searchprune.tasks.base import Split, Task, score_model
 from searchprune.tasks.builtin import BUILTIN_TASKS, load_builtin_task
 
@@ -242,15 +245,14 @@ def _test_split(task: Task, device: torch.device) -> Split | None:
 
 
 def _figures(
-    problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None
+    config: Config, problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None
 ) -> dict[str, Any]:
+    """Val and test figures of ``masks`` as scored, and after fine-tuning when configured."""
     stats = problem.exact_stats(masks)
     with problem.masked(masks) as model:
         val = score_model(model, problem.val, problem.task.loss)
-        test_acc = (
-            score_model(model, test, problem.task.loss).accuracy if test is not None else None
-        )
-    return {
+        test_acc = score_model(model, test, problem.task.loss).accuracy if test else None
+    figures: dict[str, Any] = {
         "val_fitness": evaluation.fitness,
         "val_accuracy": val.accuracy,
         "test_accuracy": test_acc,
@@ -258,6 +260,25 @@ def _figures(
         "flops_fraction": stats["flops_fraction"],
         "params_fraction": stats["params_fraction"],
     }
+    tune = config.finetune
+    if tune.epochs > 0:
+        tuned = finetune(
+            problem.model,
+            masks,
+            problem.train,
+            epochs=tune.epochs,
+            lr=tune.lr,
+            batch_size=tune.batch_size,
+            seed=config.run.seed,
+            weight_decay=tune.weight_decay,
+            loss=problem.task.loss,
+        )
+        figures["finetuned"] = {
+            "epochs": tune.epochs,
+            "val_accuracy": score_model(tuned, problem.val, problem.task.loss).accuracy,
+            "test_accuracy": score_model(tuned, test, problem.task.loss).accuracy if test else None,
+        }
+    return figures
 
 
 def finish(
@@ -268,6 +289,7 @@ def finish(
     state: LoopState,
     out: Path,
     echo: Callable[[str], None],
+    front: list[FrontMember] | None = None,
 ) -> dict[str, Any]:
     """Score the best masks and the baselines on val and test; write the report."""
     test = _test_split(task, problem.device)
@@ -282,7 +304,7 @@ def finish(
             continue
         baseline_masks = METHODS.get(name)(problem)
         baselines[name] = _figures(
-            problem, baseline_masks, problem.score_masks(baseline_masks, name), test
+            config, problem, baseline_masks, problem.score_masks(baseline_masks, name), test
         )
         densities[name] = problem.layer_density(baseline_masks)
     history = read_history(out / HISTORY)
@@ -298,9 +320,16 @@ def finish(
             "val_accuracy": dense_val.accuracy,
             "test_accuracy": dense_test.accuracy if dense_test else None,
         },
-        "best": {**_figures(problem, masks, evaluation, test), "eval_index": state.best_index},
+        "best": {
+            **_figures(config, problem, masks, evaluation, test),
+            "eval_index": state.best_index,
+        },
         "baselines": baselines,
     }
+    if front:
+        summary["pareto_front"] = write_front(
+            front, out, f"{config.task.name}: val fitness vs cost"
+        )
     write_json(out / "summary.json", summary)
     plot_fitness(
         history,
@@ -359,6 +388,7 @@ def run(
         return finish(config, task, problem, (masks, evaluation), state, out, echo)
     try:
         searcher = build_searcher(config, problem)
+        problem.space.exact = searcher.budget_mode == "exact"
     except SpecError as error:
         raise ConfigError(str(error)) from None
     state = LoopState()
@@ -373,7 +403,9 @@ def run(
         raise RuntimeError("the run ended before any candidate was evaluated")
     best_masks = problem.space.decode(state.best_genome)
     best_eval = Evaluation(state.best_fitness, state.best_metrics)
-    return finish(config, task, problem, (best_masks, best_eval), state, out, echo)
+    return finish(
+        config, task, problem, (best_masks, best_eval), state, out, echo, searcher.front()
+    )
 
 
 def load_run_config(out: str | Path, overrides: list[str] | None = None) -> Config:

@@ -83,8 +83,18 @@ class BudgetRepair:
         ratios = 1.0 / (1.0 + np.exp(-(logits[:, None, :] + shift[..., None])))
         return np.clip(np.round(ratios * self.cost.sizes), self.k_min, self.k_max)
 
-    def removed_counts(self, ratios: np.ndarray) -> np.ndarray:
-        """Counts ``(P, U)`` meeting the budget for ratio genomes ``(P, U)``."""
+    def removed_counts(self, ratios: np.ndarray, exact: bool = True) -> np.ndarray:
+        """Counts ``(P, U)`` meeting the budget for ratio genomes ``(P, U)``: exactly on it,
+        or, when not ``exact``, as they are for genomes already within it."""
+        if exact:
+            return self._exact_counts(ratios)
+        direct = np.clip(np.round(ratios * self.cost.sizes), self.k_min, self.k_max)
+        within = self.met(direct)
+        if not within.all():
+            direct[~within] = self._exact_counts(ratios[~within])
+        return direct
+
+    def _exact_counts(self, ratios: np.ndarray) -> np.ndarray:
         clipped = np.clip(ratios, _EPS, 1.0 - _EPS)
         logits = np.log(clipped) - np.log1p(-clipped)
         n = len(ratios)
@@ -131,6 +141,7 @@ class Space(ABC):
             max_ratio = 0.99 if self.granularity == "weight" else 0.9
         self.lower, self.upper = self._bounds(min_ratio, max_ratio, layer_bounds or {})
         self.repairer = BudgetRepair(cost, budget, self.lower, self.upper)
+        self.exact = True  # False: repair only genomes over the budget (see Searcher.budget_mode)
         if self.granularity == "weight":
             self._ranks = [_rank(weight_scores[unit.name]) for unit in self.units]
         else:
@@ -169,7 +180,8 @@ class Space(ABC):
 
     @abstractmethod
     def repair(self, genomes: np.ndarray) -> np.ndarray:
-        """Genomes ``(P, dim)`` moved to the nearest point that meets the budget exactly."""
+        """Genomes ``(P, dim)`` moved to the nearest point that meets the budget exactly
+        (or, when :attr:`exact` is False, only those over it)."""
 
     @abstractmethod
     def removed(self, genomes: np.ndarray) -> np.ndarray:
@@ -215,7 +227,7 @@ class LayerRatioSpace(Space):
 
     def repair(self, genomes: np.ndarray) -> np.ndarray:
         genomes = np.atleast_2d(np.asarray(genomes, dtype=np.float64))
-        return self.repairer.removed_counts(genomes) / self.cost.sizes
+        return self.repairer.removed_counts(genomes, self.exact) / self.cost.sizes
 
     def removed(self, genomes: np.ndarray) -> np.ndarray:
         return np.round(np.atleast_2d(genomes) * self.cost.sizes)
@@ -293,7 +305,7 @@ class BinarySpace(Space):
         """Meet the budget by pruning the lowest-scored kept channels of a unit, or by
         restoring its highest-scored pruned ones, as few as the budget requires."""
         genomes = np.atleast_2d(genomes).astype(bool)
-        targets = self.repairer.removed_counts(self.removed(genomes) / self.cost.sizes)
+        targets = self.repairer.removed_counts(self.removed(genomes) / self.cost.sizes, self.exact)
         repaired = np.empty_like(genomes)
         for u, part in enumerate(self._slices()):
             bits = genomes[:, part]

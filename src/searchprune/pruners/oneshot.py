@@ -65,5 +65,5 @@ def magnitude_layer(problem: Problem) -> MaskSet:
     """Prune every layer (or channel group) by the same ratio, smallest magnitudes first:
     layer-wise (uniform) magnitude pruning."""
     space = _ratio_space(problem)
-    uniform = space.repair(np.full((1, space.dim), 0.5))
-    return space.decode(uniform[0])
+    removed = space.repairer.removed_counts(np.full((1, space.dim), 0.5), exact=True)
+    return space.decode(removed[0] / problem.cost.sizes)

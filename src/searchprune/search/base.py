@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,11 +35,26 @@ class SearcherParams(BaseModel):
     population: int = Field(32, ge=1, description="genomes proposed per round (generation)")
 
 
+@dataclass(frozen=True)
+class FrontMember:
+    """One member of a Pareto front: its genome, fitness and cost (lower is better)."""
+
+    genome: list[Any]
+    fitness: float
+    cost: float
+
+
 class Searcher(ABC):
-    """Ask/tell search over the genomes of a :class:`Space`."""
+    """Ask/tell search over the genomes of a :class:`Space`.
+
+    ``budget_mode`` tells the run how to repair genomes: ``"exact"`` moves every genome
+    onto the budget; ``"bound"`` repairs only genomes over it (multi-objective searchers
+    that explore cheaper candidates too).
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type[SearcherParams]] = SearcherParams
+    budget_mode: ClassVar[str] = "exact"
 
     def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
         self.space = space
@@ -67,6 +83,10 @@ class Searcher(ABC):
         figures (``sparsity``, ``flops_fraction``, ``params_fraction``, val metrics), for
         searchers with more than one objective.
         """
+
+    def front(self) -> list[FrontMember]:
+        """The Pareto front found so far (empty for single-objective searchers)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where this searcher is."""

@@ -1,11 +1,13 @@
 """Genetic algorithm on DEAP's operators, over real ratios or channel keep-bits.
 
-Generational GA with elitism (De Jong 1975): tournament selection, crossover and
-mutation produce ``population - elites`` children; the ``elites`` best individuals seen
-so far (a hall of fame) are copied unchanged into the next generation. Only children
-that crossover or mutation changed are evaluated. Over the ``binary`` space this is GA
-channel pruning in the spirit of Hu et al. 2018; over ``layer-ratios`` it searches
-per-layer pruning ratios.
+Generational GA with elitism (De Jong 1975): tournament or fitness-proportionate
+(roulette) selection, crossover and mutation produce ``population - elites`` children;
+the ``elites`` best individuals seen so far (a hall of fame) are copied unchanged into
+the next generation. Only children that crossover or mutation changed are evaluated.
+Over the ``binary`` space this is GA channel pruning in the spirit of Hu et al. 2018
+(roulette selection, elitism); over ``layer-ratios`` it searches per-layer pruning
+ratios with blend (Eshelman & Schaffer 1993) or simulated binary crossover and Gaussian
+or polynomial mutation (Deb & Agrawal 1995).
 
 DEAP's operators draw from Python's global ``random``; this searcher swaps in its own
 ``random.Random`` state around every call, so runs are reproducible and checkpointable
@@ -18,7 +20,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from functools import cache
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from deap import base, tools
@@ -27,10 +30,12 @@ from pydantic import Field
 from searchprune.search.base import SEARCHERS, Searcher, SearcherParams
 from searchprune.space import Space
 
+Values = tuple[float, ...]
 
-class GAParams(SearcherParams):
-    elites: int = Field(2, ge=0, description="best individuals copied unchanged each generation")
-    tournament: int = Field(3, ge=2, description="tournament size for selection")
+
+class VariationParams(SearcherParams):
+    """Crossover and mutation settings shared by the GA and NSGA-II."""
+
     cx_prob: float = Field(0.7, ge=0.0, le=1.0, description="probability a pair is crossed over")
     mut_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability a child is mutated")
     crossover: Literal["blend", "sbx", "uniform", "two-point"] | None = Field(
@@ -39,52 +44,62 @@ class GAParams(SearcherParams):
     mutation: Literal["gaussian", "polynomial", "flip"] | None = Field(
         None, description="gaussian or polynomial for layer-ratios; flip for binary"
     )
-    sigma: float = Field(
-        0.1, gt=0.0, description="gaussian mutation step, as a fraction of each gene's range"
-    )
-    eta: float = Field(
-        15.0, gt=0.0, description="distribution index of sbx and polynomial operators"
-    )
+    sigma: float = Field(0.1, gt=0.0, description="gaussian step, as a fraction of each range")
+    eta: float = Field(15.0, gt=0.0, description="distribution index of sbx and polynomial")
     alpha: float = Field(0.3, ge=0.0, description="blend crossover extent")
     gene_prob: float | None = Field(
         None,
         gt=0.0,
         le=1.0,
-        description="per-gene mutation probability (default: 1/dim, at least 0.2 for ratios)",
+        description="per-gene mutation probability (default 1/dim, >= 0.2 for ratios)",
     )
 
 
-class _Fitness(base.Fitness):
-    weights = (1.0,)
+class GAParams(VariationParams):
+    elites: int = Field(2, ge=0, description="best individuals copied unchanged each generation")
+    selection: Literal["tournament", "roulette"] = "tournament"
+    tournament: int = Field(3, ge=2, description="tournament size for selection")
+
+
+@cache
+def _fitness_type(weights: Values) -> type[base.Fitness]:
+    """A DEAP fitness class with these objective weights (1 maximizes, -1 minimizes)."""
+    return type(f"Fitness{len(weights)}", (base.Fitness,), {"weights": weights})
 
 
 class _Individual(list[Any]):
     """A genome as a list (DEAP's operators assume sequences) with a DEAP fitness."""
 
-    def __init__(self, genes: Any, fitness: float | None = None) -> None:
+    def __init__(self, genes: Any, weights: Values, values: Values | None = None) -> None:
         super().__init__(genes)
-        self.fitness = _Fitness()
-        if fitness is not None:
-            self.fitness.values = (fitness,)
+        self.fitness = _fitness_type(weights)()
+        if values is not None:
+            self.fitness.values = values
+
+    def copy_with(self, weights: Values) -> _Individual:
+        return _Individual(self, weights, self.fitness.values if self.fitness.valid else None)
 
 
-@SEARCHERS.register("ga", "genetic algorithm (DEAP): tournament, crossover, mutation, elitism")
+@SEARCHERS.register(
+    "ga", "genetic algorithm (DEAP): tournament/roulette, crossover, mutation, elitism"
+)
 class GeneticSearch(Searcher):
-    """Generational GA with a hall of fame; see the module docstring."""
+    """Generational GA with a hall of fame; see the module docstring.
+
+    Subclasses change the objectives (:attr:`weights`, :meth:`_values`), parent selection
+    (:meth:`_select_parents`) and survival (:meth:`_next_population`).
+    """
 
     name = "ga"
-    Params = GAParams
+    Params: ClassVar[type[SearcherParams]] = GAParams
     params: GAParams
+    weights: ClassVar[Values] = (1.0,)
 
     def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
         super().__init__(space, params, seed)
-        p = self.params
-        if p.population < 4 or p.elites >= p.population:
-            raise ValueError(
-                f"searcher.population={p.population} must be at least 4 and larger than "
-                f"searcher.elites={p.elites}"
-            )
+        self._check_params()
         binary = space.kind == "binary"
+        p = self.params
         crossover = p.crossover or ("uniform" if binary else "blend")
         mutation = p.mutation or ("flip" if binary else "gaussian")
         allowed = (
@@ -103,9 +118,17 @@ class GeneticSearch(Searcher):
         self._random = random.Random(seed)
         self.generation = 0
         self.population: list[_Individual] = []
-        self.hall = tools.HallOfFame(max(p.elites, 1))
+        self.hall = tools.HallOfFame(max(getattr(p, "elites", 1), 1))
         self.pending: list[_Individual] = []
         self._asked = 0
+
+    def _check_params(self) -> None:
+        p = self.params
+        if p.population < 4 or p.elites >= p.population:
+            raise ValueError(
+                f"searcher.population={p.population} must be at least 4 and larger than "
+                f"searcher.elites={p.elites}"
+            )
 
     # ------------------------------------------------------------ operators
     def _make_crossover(self, kind: str) -> Callable[[list[Any], list[Any]], object]:
@@ -140,12 +163,35 @@ class GeneticSearch(Searcher):
             self._random.setstate(random.getstate())
             random.setstate(outer)
 
+    # ---------------------------------------------------- selection (hooks)
+    def _values(self, score: float, metrics: Mapping[str, float] | None) -> Values:
+        """The objective values DEAP sees for one scored genome."""
+        return (score,)
+
+    def _select_parents(self) -> list[_Individual]:
+        """Parents of the next children (inside :meth:`_own_random`)."""
+        p = self.params
+        count = p.population - p.elites
+        if p.selection == "tournament":
+            return list(tools.selTournament(self.population, count, p.tournament))
+        # fitness-proportionate (Goldberg 1989), shifted so any fitness scale works
+        scores = np.array([ind.fitness.values[0] for ind in self.population])
+        weights = scores - scores.min() + 1e-12
+        return self._random.choices(self.population, weights=weights.tolist(), k=count)
+
+    def _next_population(self) -> list[_Individual]:
+        """Survivors once every child is scored: the elites plus all children."""
+        self.hall.update(self.pending)
+        if self.generation == 0:
+            return self.pending
+        elites = [ind.copy_with(self.weights) for ind in self.hall[: self.params.elites]]
+        return elites + self.pending
+
     # ------------------------------------------------------------- ask/tell
     def _breed(self) -> list[_Individual]:
         p = self.params
         with self._own_random():
-            parents = tools.selTournament(self.population, p.population - p.elites, p.tournament)
-            children = [_Individual(parent, parent.fitness.values[0]) for parent in parents]
+            children = [parent.copy_with(self.weights) for parent in self._select_parents()]
             for left, right in zip(children[::2], children[1::2], strict=False):
                 if self._random.random() < p.cx_prob:
                     self._crossover(left, right)
@@ -166,7 +212,7 @@ class GeneticSearch(Searcher):
         if not self.pending:
             if self.generation == 0:
                 self.pending = [
-                    _Individual(g)
+                    _Individual(g, self.weights)
                     for g in self.space.sample(self.rng, self.params.population).tolist()
                 ]
             else:
@@ -189,29 +235,37 @@ class GeneticSearch(Searcher):
         batch = self._unscored()[: self._asked]
         if len(batch) != len(genomes):
             raise ValueError(f"tell() got {len(genomes)} genomes for {len(batch)} asked")
-        for ind, genome, score in zip(batch, genomes, fitness, strict=True):
+        for index, (ind, genome, score) in enumerate(zip(batch, genomes, fitness, strict=True)):
             ind[:] = genome.tolist()
-            ind.fitness.values = (float(score),)
+            ind.fitness.values = self._values(float(score), metrics[index] if metrics else None)
         if not self._unscored():
             self._close_generation()
 
     def _close_generation(self) -> None:
-        p = self.params
-        self.hall.update(self.pending)
-        elites = [_Individual(ind, ind.fitness.values[0]) for ind in self.hall[: p.elites]]
-        if self.generation == 0:
-            self.population = self.pending
-        else:
-            self.population = elites + self.pending
+        self.population = self._next_population()
         self.pending = []
         self.generation += 1
 
     # ----------------------------------------------------------- checkpoint
     @staticmethod
-    def _pack(individuals: list[_Individual]) -> list[tuple[list[Any], float | None]]:
+    def _pack(individuals: Sequence[_Individual]) -> list[tuple[list[Any], Values | None, Any]]:
         return [
-            (list(ind), ind.fitness.values[0] if ind.fitness.valid else None) for ind in individuals
+            (
+                list(ind),
+                ind.fitness.values if ind.fitness.valid else None,
+                getattr(ind.fitness, "crowding_dist", None),  # NSGA-II's selection needs it
+            )
+            for ind in individuals
         ]
+
+    def _unpack(self, packed: list[tuple[list[Any], Values | None, Any]]) -> list[_Individual]:
+        individuals = []
+        for genes, values, crowding in packed:
+            individual = _Individual(genes, self.weights, values)
+            if crowding is not None:
+                individual.fitness.crowding_dist = crowding
+            individuals.append(individual)
+        return individuals
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -228,8 +282,8 @@ class GeneticSearch(Searcher):
         super().load_state_dict(state)
         self._random.setstate(state["random"])
         self.generation = state["generation"]
-        self.population = [_Individual(g, f) for g, f in state["population"]]
-        self.pending = [_Individual(g, f) for g, f in state["pending"]]
+        self.population = self._unpack(state["population"])
+        self.pending = self._unpack(state["pending"])
         self.hall.clear()
-        self.hall.update([_Individual(g, f) for g, f in state["hall"]])
+        self.hall.update(self._unpack(state["hall"]))
         self._asked = state["asked"]

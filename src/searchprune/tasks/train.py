@@ -17,7 +17,7 @@ def _tensor_pair(data: tuple[Tensor, Tensor] | Split) -> tuple[Tensor, Tensor]:
     return pair
 
 
-def _batch_indices(
+def batch_indices(
     num_samples: int, steps: int, batch_size: int, generator: torch.Generator
 ) -> Tensor:
     """``steps`` rows of minibatch indices, from one shuffle of the data per epoch."""
@@ -51,7 +51,7 @@ def train_model(
     device = next(model.parameters()).device
     inputs, targets = inputs.to(device), targets.to(device)
     generator = torch.Generator().manual_seed(seed)
-    batches = _batch_indices(len(inputs), steps, batch_size, generator).to(device)
+    batches = batch_indices(len(inputs), steps, batch_size, generator).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     for index in batches:

@@ -1,4 +1,4 @@
-"""The ``searchprune`` command line: ``run`` and ``list``.
+"""The ``searchprune`` command line: ``run``, ``compare`` and ``list``.
 
 Exit status: 0 on success, 2 on a config or usage error (the message names the key and
 the fix), 1 on a failure while running.
@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from searchprune.config import ConfigError, load_config
+from searchprune.config import ConfigError, load_config, read_config_data
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -35,6 +35,15 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.set)
     out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run(config, out)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from searchprune.compare import compare
+
+    data = read_config_data(args.config, args.set)
+    out = args.out or Path("runs") / f"compare-{Path(args.config).stem}"
+    compare(data, out)
     return 0
 
 
@@ -85,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in RUN_DIR from its last checkpoint",
     )
     run_parser.set_defaults(handler=_run)
+    compare_parser = commands.add_parser(
+        "compare", help="run several methods over budgets and seeds; write tables and plots"
+    )
+    compare_parser.add_argument("config", help="YAML compare config (with a compare: section)")
+    compare_parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
+    compare_parser.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default runs/compare-<config>); reruns reuse finished runs",
+    )
+    compare_parser.set_defaults(handler=_compare)
     list_parser = commands.add_parser(
         "list", help="list tasks, searchers, methods, criteria, fitness"
     )

@@ -209,8 +209,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply ``--set`` overrides, and validate it."""
+def read_config_data(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config as plain data and apply ``--set`` overrides (not validated)."""
     try:
         text = Path(path).read_text()
     except OSError as error:
@@ -219,9 +219,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"config {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections")
     for assignment in overrides or []:
         apply_override(data, assignment)
-    return validate_config(data)
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, and validate it."""
+    return validate_config(read_config_data(path, overrides))
 
 
 __all__ = [

@@ -1,0 +1,296 @@
+"""``searchprune compare``: every method on the same task, budgets and seeds, side by side.
+
+A compare config is a run config without ``budget``/``searcher``/``method`` plus a
+``compare`` section::
+
+    compare:
+      tasks: [digits-mlp, digits-cnn]      # default: the config's task
+      methods: [ga, pso, sa, random, magnitude-global]
+      budgets: [{sparsity: 0.9}, {sparsity: 0.95}]
+      seeds: [0, 1, 2]
+      searchers: {ga: {population: 32}}    # optional settings per searcher
+
+Each search method gets the same ``run.max_evals``. Every (task, budget, method, seed)
+is an ordinary run directory under ``OUT/runs/``; runs already finished are reused, so
+an interrupted compare continues where it stopped. The results land in ``compare.md``,
+``compare.csv`` and PNG plots (test accuracy against the budget per method, in the style
+of ShrinkBench's curves, and NSGA-II's Pareto fronts).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from searchprune.config import Config, ConfigError, validate_config
+from searchprune.pruners.oneshot import METHODS
+from searchprune.registry import unknown_name_message
+from searchprune.runner import CHECKPOINT, run
+from searchprune.search import SEARCHERS
+
+METRICS = ("val_accuracy", "test_accuracy", "sparsity", "flops_fraction")
+
+
+class CompareSection(BaseModel):
+    """The ``compare`` section of a compare config."""
+
+    model_config = ConfigDict(extra="forbid")
+    tasks: list[str] = Field(default_factory=list)
+    methods: list[str] = Field(min_length=1)
+    budgets: list[dict[str, float]] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    searchers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the comparison."""
+
+    task: str
+    budget: dict[str, float]
+    method: str
+    seed: int
+    config: Config
+
+    @property
+    def name(self) -> str:
+        ((kind, value),) = self.budget.items()
+        return f"{self.task}/{kind}-{value}/{self.method}-s{self.seed}"
+
+
+def _cell_config(
+    base: dict[str, Any],
+    section: CompareSection,
+    task: str,
+    budget: dict[str, float],
+    method: str,
+    seed: int,
+) -> Config:
+    data = copy.deepcopy(base)
+    data["task"] = {**data["task"], "name": task} if isinstance(data.get("task"), dict) else task
+    data["budget"] = budget
+    data["baselines"] = []
+    data.setdefault("run", {})
+    data["run"] = {**data["run"], "seed": seed, "progress": False}
+    if method in SEARCHERS:
+        data["searcher"] = {"name": method, **section.searchers.get(method, {})}
+    else:
+        data["method"] = method
+    return validate_config(data)
+
+
+def plan(data: dict[str, Any]) -> tuple[CompareSection, list[Cell], list[str]]:
+    """Validate a compare config; return its section, its runs and the methods skipped
+    (a searcher that does not fit the space, with why)."""
+    data = dict(data)
+    if "compare" not in data:
+        raise ConfigError("a compare config needs a 'compare' section (methods, budgets, seeds)")
+    for key in ("budget", "searcher", "method", "baselines"):
+        if key in data:
+            raise ConfigError(f"{key}: a compare config sets this per run; list it under compare")
+    try:
+        section = CompareSection.model_validate(data.pop("compare"))
+    except ValueError as error:
+        raise ConfigError(f"compare: {error}") from None
+    for method in section.methods:
+        if method not in SEARCHERS and method not in METHODS:
+            raise ConfigError(
+                unknown_name_message(
+                    "compare.methods",
+                    "searcher or method",
+                    method,
+                    SEARCHERS.names() + METHODS.names(),
+                )
+            )
+    tasks = section.tasks or [
+        data["task"]["name"] if isinstance(data.get("task"), dict) else data.get("task", "")
+    ]
+    cells, skipped = [], []
+    for method in section.methods:
+        if method == "cmaes" and data.get("space", {}).get("name") == "binary":
+            skipped.append(f"{method}: searches real genomes, the space is binary")
+            continue
+        for task in tasks:
+            for budget in section.budgets:
+                for seed in section.seeds:
+                    config = _cell_config(data, section, task, budget, method, seed)
+                    cells.append(Cell(task, budget, method, seed, config))
+    return section, cells, skipped
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
+    """One row per (task, budget, method): mean and std over seeds of each figure."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for cell in cells:
+        summary = json.loads((out / "runs" / cell.name / "summary.json").read_text())
+        ((kind, value),) = cell.budget.items()
+        groups.setdefault((cell.task, f"{kind} {value}", cell.method), []).append(summary)
+    rows = []
+    for (task, budget, method), summaries in groups.items():
+        row: dict[str, Any] = {
+            "task": task,
+            "budget": budget,
+            "method": method,
+            "seeds": len(summaries),
+        }
+        bests = [s["best"] for s in summaries]
+        for metric in METRICS:
+            values = [b[metric] for b in bests if b.get(metric) is not None]
+            if values:
+                row[metric], row[f"{metric}_std"] = _mean_std(values)
+        for metric in ("val_accuracy", "test_accuracy"):
+            tuned = [b["finetuned"][metric] for b in bests if "finetuned" in b]
+            if tuned:
+                row[f"finetuned_{metric}"], row[f"finetuned_{metric}_std"] = _mean_std(tuned)
+        row["evaluations"] = statistics.fmean(s["evaluations"] for s in summaries)
+        row["wall_time_s"] = statistics.fmean(s["wall_time_s"] for s in summaries)
+        rows.append(row)
+    return rows
+
+
+def _pm(row: dict[str, Any], key: str, percent: bool = True) -> str:
+    if key not in row:
+        return "-"
+    scale = 100.0 if percent else 1.0
+    return f"{scale * row[key]:.1f} ± {scale * row[key + '_std']:.1f}"
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, skipped: list[str]) -> str:
+    """``compare.csv`` (every column) and ``compare.md`` (a readable table); returns the
+    Markdown."""
+    columns = sorted(
+        {key for row in rows for key in row},
+        key=lambda k: (k not in ("task", "budget", "method"), k),
+    )
+    with open(out / "compare.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tuned = any("finetuned_test_accuracy" in row for row in rows)
+    header = ["task", "budget", "method", "val acc %", "test acc %"]
+    header += ["tuned val %", "tuned test %"] if tuned else []
+    header += ["sparsity %", "FLOPs %", "evals", "wall s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in sorted(rows, key=lambda r: (r["task"], r["budget"], -r.get("test_accuracy", 0.0))):
+        cells = [
+            row["task"],
+            row["budget"],
+            row["method"],
+            _pm(row, "val_accuracy"),
+            _pm(row, "test_accuracy"),
+        ]
+        if tuned:
+            cells += [_pm(row, "finetuned_val_accuracy"), _pm(row, "finetuned_test_accuracy")]
+        cells += [
+            _pm(row, "sparsity"),
+            _pm(row, "flops_fraction"),
+            f"{row['evaluations']:.0f}",
+            f"{row['wall_time_s']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped)]
+    markdown = "\n".join(lines) + "\n"
+    (out / "compare.md").write_text(markdown)
+    return markdown
+
+
+def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """Test accuracy against the budget, one line per method, one PNG per task."""
+    paths = []
+    for task in sorted({row["task"] for row in rows}):
+        figure, axes = plt.subplots(figsize=(6.4, 4.2))
+        for method in sorted({row["method"] for row in rows}):
+            points = sorted(
+                (
+                    float(row["budget"].split()[1]),
+                    row["test_accuracy"],
+                    row["test_accuracy_std"],
+                    row["budget"].split()[0],
+                )
+                for row in rows
+                if row["task"] == task and row["method"] == method
+            )
+            if points:
+                axes.errorbar(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    yerr=[p[2] for p in points],
+                    marker="o",
+                    capsize=3,
+                    label=method,
+                )
+                axes.set_xlabel(points[0][3])
+        axes.set_ylabel("test accuracy (no fine-tuning)")
+        axes.set_title(f"{task}: test accuracy vs budget (mean ± std over seeds)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        path = out / f"accuracy_vs_budget_{task}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def plot_fronts(cells: list[Cell], out: Path) -> list[Path]:
+    """NSGA-II's Pareto fronts (first seed), one PNG per task."""
+    paths = []
+    fronts = [c for c in cells if c.method == "nsga2" and c.seed == cells[0].seed]
+    for task in sorted({c.task for c in fronts}):
+        figure, axes = plt.subplots(figsize=(6.4, 4.2))
+        for cell in (c for c in fronts if c.task == task):
+            path = out / "runs" / cell.name / "pareto_front.json"
+            members = json.loads(path.read_text())["members"] if path.exists() else []
+            ((kind, value),) = cell.budget.items()
+            axes.plot(
+                [m["cost"] for m in members],
+                [m["val_fitness"] for m in members],
+                "o-",
+                label=f"{kind} {value}",
+            )
+        axes.set_xlabel("cost kept (fraction of dense)")
+        axes.set_ylabel("val fitness")
+        axes.set_title(f"{task}: NSGA-II Pareto fronts")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        figure.tight_layout()
+        target = out / f"pareto_{task}.png"
+        figure.savefig(target, dpi=110)
+        plt.close(figure)
+        paths.append(target)
+    return paths
+
+
+def compare(
+    data: dict[str, Any], out: str | Path, echo: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
+    """Run (or finish) every cell of a compare config into ``out`` and write the report."""
+    out = Path(out)
+    _, cells, skipped = plan(data)
+    out.mkdir(parents=True, exist_ok=True)
+    for cell in tqdm(cells, desc="compare", unit="run", dynamic_ncols=True):
+        directory = out / "runs" / cell.name
+        if (directory / "summary.json").exists():
+            continue
+        resume = (directory / CHECKPOINT).exists()
+        run(cell.config, directory, resume=resume, echo=lambda _: None)
+    rows = aggregate(cells, out)
+    echo(write_tables(rows, out, skipped))
+    for path in plot_curves(rows, out) + plot_fronts(cells, out):
+        echo(f"plot: {path}")
+    return rows

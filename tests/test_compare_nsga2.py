@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -36,9 +37,11 @@ def test_nsga2_saves_a_non_dominated_front_within_the_budget(tmp_path: Path) -> 
     assert len(front) >= 3
     costs = [m["cost"] for m in front]
     fitness = [m["val_fitness"] for m in front]
-    assert all(a < b for a, b in zip(fitness, fitness[1:], strict=False)), "cheaper must score lower"
+    assert all(a < b for a, b in itertools.pairwise(fitness)), "cheaper must score lower"
     history = [json.loads(x) for x in (tmp_path / "n" / "history.jsonl").read_text().splitlines()]
-    at_budget = max(row["flops_fraction"] for row in history)  # every candidate is 80% sparse or more
+    at_budget = max(
+        row["flops_fraction"] for row in history
+    )  # every candidate is 80% sparse or more
     assert costs == sorted(costs) and costs[-1] <= at_budget + 1e-9 and costs[0] < 0.5 * at_budget
     sparsities = np.array([row["sparsity"] for row in history])
     assert sparsities.min() >= 0.8 - 1e-6 and sparsities.max() > 0.85  # bound, not exact
@@ -59,7 +62,9 @@ def test_finetuning_is_reported_for_best_and_baselines(tmp_path: Path) -> None:
         assert tuned["test_accuracy"] > figures["test_accuracy"]  # 80% sparse MLP recovers
 
 
-def test_compare_end_to_end_and_rerun_reuses_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_end_to_end_and_rerun_reuses_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = {
         "task": "digits-mlp",
         "run": {"max_evals": 32},
@@ -94,12 +99,22 @@ def test_compare_config_errors() -> None:
     with pytest.raises(ConfigError, match="needs a 'compare' section"):
         plan({"task": "digits-mlp"})
     with pytest.raises(ConfigError, match="compare.methods: unknown searcher or method 'gaa'"):
-        plan({"task": "digits-mlp", "compare": {"methods": ["gaa"], "budgets": [{"sparsity": 0.5}]}})
+        plan(
+            {"task": "digits-mlp", "compare": {"methods": ["gaa"], "budgets": [{"sparsity": 0.5}]}}
+        )
     with pytest.raises(ConfigError, match="budget: a compare config sets this per run"):
-        plan({"task": "digits-mlp", "budget": {"sparsity": 0.5},
-              "compare": {"methods": ["ga"], "budgets": [{"sparsity": 0.5}]}})
-    _, cells, skipped = plan({
-        "task": "digits-mlp", "space": {"name": "binary", "granularity": "channel"},
-        "compare": {"methods": ["ga", "cmaes"], "budgets": [{"flops": 0.5}], "seeds": [0, 1]},
-    })
+        plan(
+            {
+                "task": "digits-mlp",
+                "budget": {"sparsity": 0.5},
+                "compare": {"methods": ["ga"], "budgets": [{"sparsity": 0.5}]},
+            }
+        )
+    _, cells, skipped = plan(
+        {
+            "task": "digits-mlp",
+            "space": {"name": "binary", "granularity": "channel"},
+            "compare": {"methods": ["ga", "cmaes"], "budgets": [{"flops": 0.5}], "seeds": [0, 1]},
+        }
+    )
     assert [c.method for c in cells] == ["ga", "ga"] and skipped and "cmaes" in skipped[0]

@@ -144,6 +144,20 @@ def test_pso_velocities_respect_the_clamp_and_positions_the_bounds(
     assert largest == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("space_kind", _KINDS)
+def test_pso_personal_bests_are_the_best_repaired_genomes_scored(space_kind: type[Space]) -> None:
+    space = _space(space_kind)
+    pso = _make("pso", space, seed=6, population=8)
+    assert isinstance(pso, ParticleSwarmSearch)
+    rounds = list(_rounds(pso, _distance_fitness(space), 8 * 6))
+    scores = np.stack([scores for _, scores in rounds])  # (round, particle)
+    genomes = np.stack([space.repair(asked) for asked, _ in rounds])
+    first_best = scores.argmax(axis=0)  # the first round each particle scored its best
+    np.testing.assert_array_equal(pso.best_scores, scores.max(axis=0))
+    np.testing.assert_array_equal(pso.best_positions, genomes[first_best, np.arange(8)])
+    assert len(np.unique(first_best)) > 1
+
+
 def test_pso_ring_takes_the_best_of_each_neighbourhood() -> None:
     space = _space(LayerRatioSpace)
     ring = _make("pso", space, seed=0, population=6, topology="ring", neighbours=1)

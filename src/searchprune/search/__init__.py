@@ -1,15 +1,17 @@
 """Searchers (ask/tell). Importing this package registers the built-in ones."""
 
-from searchprune.search import cmaes, genetic, nsga2, random_search
+from searchprune.search import annealing, cmaes, genetic, nsga2, pso, random_search
 from searchprune.search.base import SEARCHERS, Searcher, SearcherParams, make_searcher
 
 __all__ = [
     "SEARCHERS",
     "Searcher",
     "SearcherParams",
+    "annealing",
     "cmaes",
     "genetic",
     "make_searcher",
     "nsga2",
+    "pso",
     "random_search",
 ]

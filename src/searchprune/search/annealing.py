@@ -176,7 +176,6 @@ class SimulatedAnnealing(Searcher):
         self._cool(len(self.scores), acceptance)
         self.round += 1
         self.candidates = self._neighbours()
-        self.scores = np.full(self.params.population, -np.inf)
         self._scored = 0
 
     def _move_to(self, index: int) -> None:

@@ -32,6 +32,8 @@ CEC); ``global`` takes the best of the whole swarm.
 
 Personal bests are kept as the *repaired* genomes the run loop scores. A round cut short
 by the evaluation budget is finished by the next ``ask`` before the swarm moves.
+Velocities start uniform in :math:`\\pm v_{max}` (real) or at 0 (binary, whose first
+bits are drawn by the space's sampler).
 """
 
 from __future__ import annotations
@@ -96,7 +98,6 @@ class ParticleSwarmSearch(Searcher):
         self.scores = np.full(p.population, -np.inf)
         self.best_positions = self.positions.copy()
         self.best_scores = np.full(p.population, -np.inf)
-        self.round = 0
         self._scored = 0
         self._asked = 0
 
@@ -149,9 +150,7 @@ class ParticleSwarmSearch(Searcher):
             self.positions = self.rng.random(x.shape) < keep_probability
         else:
             self.positions = np.clip(x + self.velocities, self.space.lower, self.space.upper)
-        self.scores = np.full(p.population, -np.inf)
         self._scored = 0
-        self.round += 1
 
     # ----------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -162,7 +161,6 @@ class ParticleSwarmSearch(Searcher):
             "scores": self.scores.copy(),
             "best_positions": self.best_positions.copy(),
             "best_scores": self.best_scores.copy(),
-            "round": self.round,
             "scored": self._scored,
             "asked": self._asked,
         }
@@ -174,6 +172,5 @@ class ParticleSwarmSearch(Searcher):
         self.scores = state["scores"].copy()
         self.best_positions = state["best_positions"].copy()
         self.best_scores = state["best_scores"].copy()
-        self.round = state["round"]
         self._scored = state["scored"]
         self._asked = state["asked"]

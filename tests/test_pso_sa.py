@@ -8,75 +8,22 @@ genome.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import numpy as np
 import pytest
-import torch
 
-from searchprune.core.budget import Budget
-from searchprune.core.graph import build_dependency_graph
-from searchprune.core.layers import discover_layers
-from searchprune.core.units import CostModel
-from searchprune.pruners.criteria import magnitude
+import synthetic
 from searchprune.registry import SpecError
-from searchprune.search import SEARCHERS, Searcher, make_searcher
+from searchprune.search import Searcher, make_searcher
 from searchprune.search.annealing import SimulatedAnnealing
 from searchprune.search.pso import ParticleSwarmSearch
 from searchprune.space import BinarySpace, LayerRatioSpace, Space
-from searchprune.tasks.base import Task
-from searchprune.tasks.models import DigitsResNet
+from synthetic import Fitness, distance_fitness, make, make_space
 
-torch.manual_seed(0)
-_MODEL = DigitsResNet()
-_LAYERS = discover_layers(_MODEL, torch.randn(1, 64))
-_GRAPH = build_dependency_graph(_MODEL, torch.randn(1, 64), _LAYERS)
-_DUMMY = Task(
-    model=_MODEL,
-    train=(torch.zeros(1, 64), torch.zeros(1)),
-    val=(torch.zeros(1, 64), torch.zeros(1)),
-)
-_SCORES = magnitude(_MODEL, [la for la in _LAYERS if la.prunable], _DUMMY)
 _KINDS = [LayerRatioSpace, BinarySpace]
 
-Fitness = Callable[[np.ndarray], float]
 
-
-def _space(kind: type[Space]) -> Space:
-    return kind(CostModel(_LAYERS, _GRAPH, "channel"), Budget("flops", 0.5), _SCORES)
-
-
-def _distance_fitness(space: Space) -> Fitness:
-    target = space.repair(space.sample(np.random.default_rng(123), 1))[0].astype(np.float64)
-    return lambda genome: -float(np.abs(genome.astype(np.float64) - target).mean())
-
-
-def _make(name: str, space: Space, seed: int, **params: object) -> Searcher:
-    cls = SEARCHERS.get(name)
-    return cls(space, cls.Params.model_validate(params), seed=seed)
-
-
-def _rounds(
-    searcher: Searcher, fitness: Fitness, evals: int, sizes: Iterator[int] | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Drive ``searcher`` like the run loop; yield each batch's asked genomes and scores.
-
-    ``sizes`` overrides how many genomes each ask requests (default: ``batch_size``).
-    """
-    done = 0
-    while done < evals:
-        want = min(next(sizes) if sizes else searcher.batch_size, evals - done)
-        asked = searcher.ask(want)
-        assert 1 <= len(asked) <= want
-        repaired = searcher.space.repair(asked)
-        scores = np.array([fitness(genome) for genome in repaired])
-        searcher.tell(repaired, scores)
-        done += len(asked)
-        yield asked, scores
-
-
-def _scores(searcher: Searcher, fitness: Fitness, evals: int) -> np.ndarray:
-    return np.concatenate([scores for _, scores in _rounds(searcher, fitness, evals)])
+def scores_of(searcher: Searcher, fitness: Fitness, evals: int) -> np.ndarray:
+    return np.asarray(synthetic.scores(searcher, fitness, evals))
 
 
 # ---------------------------------------------------------------- both searchers
@@ -85,14 +32,14 @@ def _scores(searcher: Searcher, fitness: Fitness, evals: int) -> np.ndarray:
 def test_improves_on_its_first_round_and_beats_random_search(
     name: str, space_kind: type[Space]
 ) -> None:
-    space = _space(space_kind)
-    fitness = _distance_fitness(space)
+    space = make_space(space_kind)
+    fitness = distance_fitness(space)
     found, first, baseline = [], [], []
     for seed in range(3):
-        scores = _scores(_make(name, space, seed=seed, population=16), fitness, 400)
+        scores = scores_of(make(name, space, seed=seed, population=16), fitness, 400)
         found.append(scores.max())
         first.append(scores[:16].max())
-        baseline.append(_scores(_make("random", space, seed=seed, population=16), fitness, 400))
+        baseline.append(scores_of(make("random", space, seed=seed, population=16), fitness, 400))
     assert all(best > start for best, start in zip(found, first, strict=True))
     assert np.median(found) > np.median([scores.max() for scores in baseline])
 
@@ -101,11 +48,13 @@ def test_improves_on_its_first_round_and_beats_random_search(
 @pytest.mark.parametrize("space_kind", _KINDS)
 def test_partial_rounds_do_not_change_the_search(name: str, space_kind: type[Space]) -> None:
     """A round cut short is finished by the next asks: any ask sizes give the same run."""
-    space = _space(space_kind)
-    fitness = _distance_fitness(space)
-    whole = [asked for asked, _ in _rounds(_make(name, space, seed=5, population=8), fitness, 61)]
-    pieces = _rounds(
-        _make(name, space, seed=5, population=8), fitness, 61, iter([5, 8, 1, 2, 8, 3] * 20)
+    space = make_space(space_kind)
+    fitness = distance_fitness(space)
+    whole = [
+        asked for asked, _ in synthetic.rounds(make(name, space, seed=5, population=8), fitness, 61)
+    ]
+    pieces = synthetic.rounds(
+        make(name, space, seed=5, population=8), fitness, 61, iter([5, 8, 1, 2, 8, 3] * 20)
     )
     sizes = [len(asked) for asked in whole]
     assert sizes == [8] * 7 + [5]
@@ -116,8 +65,8 @@ def test_partial_rounds_do_not_change_the_search(name: str, space_kind: type[Spa
 
 @pytest.mark.parametrize("name", ["pso", "sa"])
 def test_tell_rejects_a_batch_of_the_wrong_size(name: str) -> None:
-    space = _space(LayerRatioSpace)
-    searcher = _make(name, space, seed=0, population=8)
+    space = make_space(LayerRatioSpace)
+    searcher = make(name, space, seed=0, population=8)
     asked = space.repair(searcher.ask(5))
     with pytest.raises(ValueError, match="tell\\(\\) got 4 genomes for 5 asked"):
         searcher.tell(asked[:4], np.zeros(4))
@@ -128,13 +77,13 @@ def test_tell_rejects_a_batch_of_the_wrong_size(name: str) -> None:
 def test_pso_velocities_respect_the_clamp_and_positions_the_bounds(
     space_kind: type[Space],
 ) -> None:
-    space = _space(space_kind)
+    space = make_space(space_kind)
     # strong pulls, so that the clamp has to bind
-    pso = _make("pso", space, seed=1, population=8, inertia=1.0, cognitive=4.0, social=4.0)
+    pso = make("pso", space, seed=1, population=8, inertia=1.0, cognitive=4.0, social=4.0)
     assert isinstance(pso, ParticleSwarmSearch)
     vmax = 4.0 if space.kind == "binary" else 0.2 * (space.upper - space.lower)
     largest = 0.0
-    for asked, _ in _rounds(pso, _distance_fitness(space), 160):
+    for asked, _ in synthetic.rounds(pso, distance_fitness(space), 160):
         assert np.all(np.abs(pso.velocities) <= vmax + 1e-12)
         largest = max(largest, float((np.abs(pso.velocities) / vmax).max()))
         if space.kind == "binary":
@@ -146,10 +95,10 @@ def test_pso_velocities_respect_the_clamp_and_positions_the_bounds(
 
 @pytest.mark.parametrize("space_kind", _KINDS)
 def test_pso_personal_bests_are_the_best_repaired_genomes_scored(space_kind: type[Space]) -> None:
-    space = _space(space_kind)
-    pso = _make("pso", space, seed=6, population=8)
+    space = make_space(space_kind)
+    pso = make("pso", space, seed=6, population=8)
     assert isinstance(pso, ParticleSwarmSearch)
-    rounds = list(_rounds(pso, _distance_fitness(space), 8 * 6))
+    rounds = list(synthetic.rounds(pso, distance_fitness(space), 8 * 6))
     scores = np.stack([scores for _, scores in rounds])  # (round, particle)
     genomes = np.stack([space.repair(asked) for asked, _ in rounds])
     first_best = scores.argmax(axis=0)  # the first round each particle scored its best
@@ -159,9 +108,9 @@ def test_pso_personal_bests_are_the_best_repaired_genomes_scored(space_kind: typ
 
 
 def test_pso_ring_takes_the_best_of_each_neighbourhood() -> None:
-    space = _space(LayerRatioSpace)
-    ring = _make("pso", space, seed=0, population=6, topology="ring", neighbours=1)
-    whole = _make("pso", space, seed=0, population=6, topology="global")
+    space = make_space(LayerRatioSpace)
+    ring = make("pso", space, seed=0, population=6, topology="ring", neighbours=1)
+    whole = make("pso", space, seed=0, population=6, topology="global")
     for pso in (ring, whole):
         assert isinstance(pso, ParticleSwarmSearch)
         pso.best_positions = np.arange(6.0)[:, None] * np.ones(space.dim)
@@ -173,30 +122,30 @@ def test_pso_ring_takes_the_best_of_each_neighbourhood() -> None:
 
 @pytest.mark.parametrize("space_kind", _KINDS)
 def test_pso_ring_topology_searches_differently_from_global(space_kind: type[Space]) -> None:
-    space = _space(space_kind)
-    fitness = _distance_fitness(space)
-    ring = _scores(_make("pso", space, seed=2, population=8, topology="ring"), fitness, 80)
-    whole = _scores(_make("pso", space, seed=2, population=8, topology="global"), fitness, 80)
+    space = make_space(space_kind)
+    fitness = distance_fitness(space)
+    ring = scores_of(make("pso", space, seed=2, population=8, topology="ring"), fitness, 80)
+    whole = scores_of(make("pso", space, seed=2, population=8, topology="global"), fitness, 80)
     np.testing.assert_array_equal(ring[:8], whole[:8])  # same first round
     assert not np.array_equal(ring, whole)
 
 
 # -------------------------------------------------------------------------- SA
 def _annealing(space: Space, population: int = 4, **params: object) -> SimulatedAnnealing:
-    searcher = _make("sa", space, seed=4, population=population, **params)
+    searcher = make("sa", space, seed=4, population=population, **params)
     assert isinstance(searcher, SimulatedAnnealing)
     return searcher
 
 
 @pytest.mark.parametrize("space_kind", _KINDS)
 def test_sa_acceptance_does_not_depend_on_the_fitness_scale(space_kind: type[Space]) -> None:
-    space = _space(space_kind)
-    fitness = _distance_fitness(space)
+    space = make_space(space_kind)
+    fitness = distance_fitness(space)
     runs, decisions = [], []
     for transform in (lambda f: f, lambda f: 1000.0 * f, lambda f: f + 5.0):
         sa = _annealing(space, steps=400)
         asked, accepted, previous = [], [], -np.inf
-        for genomes, scores in _rounds(sa, lambda g, t=transform: t(fitness(g)), 240):
+        for genomes, scores in synthetic.rounds(sa, lambda g, t=transform: t(fitness(g)), 240):
             asked.append(genomes)
             if scores.max() < previous:  # the round's move is worse than the current state
                 accepted.append(sa.current_score < previous)
@@ -211,10 +160,10 @@ def test_sa_acceptance_does_not_depend_on_the_fitness_scale(space_kind: type[Spa
 
 @pytest.mark.parametrize("schedule", ["exponential", "linear", "adaptive"])
 def test_sa_cools_to_the_final_temperature_at_steps_and_stays_there(schedule: str) -> None:
-    space = _space(LayerRatioSpace)
+    space = make_space(LayerRatioSpace)
     sa = _annealing(space, schedule=schedule, steps=64, initial_temperature=2.0)
     temperatures = {}
-    for _ in _rounds(sa, _distance_fitness(space), 3 * 64):  # ends: the budget bounds it
+    for _ in synthetic.rounds(sa, distance_fitness(space), 3 * 64):  # ends: the budget bounds it
         temperatures[sa.clock] = sa.temperature
     clocks, values = list(temperatures), list(temperatures.values())
     assert clocks == [4.0 * (i + 1) for i in range(48)]
@@ -226,25 +175,27 @@ def test_sa_cools_to_the_final_temperature_at_steps_and_stays_there(schedule: st
 
 
 def test_sa_adaptive_schedule_cools_faster_when_most_moves_are_accepted() -> None:
-    space = _space(LayerRatioSpace)
+    space = make_space(LayerRatioSpace)
     flat: Fitness = lambda genome: 0.0  # noqa: E731 (every move is accepted)
     reached = {}
     for schedule in ("exponential", "adaptive"):
         sa = _annealing(space, schedule=schedule, steps=64)
         reached[schedule] = next(
-            sa.clock for _ in _rounds(sa, flat, 64) if sa.temperature == pytest.approx(0.01)
+            sa.clock
+            for _ in synthetic.rounds(sa, flat, 64)
+            if sa.temperature == pytest.approx(0.01)
         )
     # the random first round cools at the exponential pace, then twice as fast
     assert reached == {"exponential": 64, "adaptive": 4 + 32}
 
 
 def test_sa_reheats_after_patience_rounds_without_improvement() -> None:
-    space = _space(LayerRatioSpace)
+    space = make_space(LayerRatioSpace)
     flat: Fitness = lambda genome: 0.0  # noqa: E731 (no improvement after the first round)
     for reheat in (False, True):
         sa = _annealing(space, steps=16, reheat=reheat, patience=3, reheat_to=0.5)
         temperatures = []
-        for _ in _rounds(sa, flat, 40):
+        for _ in synthetic.rounds(sa, flat, 40):
             temperatures.append(sa.temperature)
             assert 0.01 - 1e-12 <= sa.temperature <= 1.0
         rises = [i for i in range(1, 10) if temperatures[i] > temperatures[i - 1]]
@@ -258,16 +209,16 @@ def test_sa_reheats_after_patience_rounds_without_improvement() -> None:
 
 
 def test_sa_keeps_the_best_genome_it_has_seen() -> None:
-    space = _space(BinarySpace)
-    fitness = _distance_fitness(space)
+    space = make_space(BinarySpace)
+    fitness = distance_fitness(space)
     sa = _annealing(space, population=8)
-    best = max(scores.max() for _, scores in _rounds(sa, fitness, 160))
+    best = max(scores.max() for _, scores in synthetic.rounds(sa, fitness, 160))
     assert sa.best_score == best
     assert fitness(sa.best) == best
 
 
 def test_sa_rejects_temperatures_that_do_not_cool() -> None:
-    space = _space(LayerRatioSpace)
+    space = make_space(LayerRatioSpace)
     with pytest.raises(SpecError, match="searcher.final_temperature=2.0 must be below"):
         make_searcher("sa", space, final_temperature=2.0)
     with pytest.raises(SpecError, match="searcher.reheat_to=0.01"):

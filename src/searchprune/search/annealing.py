@@ -43,13 +43,12 @@ genomes the run loop scores.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from searchprune.search.base import SEARCHERS, Searcher, SearcherParams
+from searchprune.search.base import SEARCHERS, RoundSearcher, SearcherParams
 from searchprune.space import Space
 
 _PACE = (0.5, 2.0)  # adaptive cooling pace, relative to the exponential schedule's
@@ -84,7 +83,7 @@ class SAParams(SearcherParams):
 
 
 @SEARCHERS.register("sa", "simulated annealing: batched neighbours, scale-free acceptance")
-class SimulatedAnnealing(Searcher):
+class SimulatedAnnealing(RoundSearcher):
     """Parallel-neighbour simulated annealing; see the module docstring."""
 
     name = "sa"
@@ -115,29 +114,10 @@ class SimulatedAnnealing(Searcher):
         self.progress = 0.0  # 0 at initial_temperature, 1 at final_temperature
         self.stale = 0  # rounds since the best-ever fitness improved
         self.changes = np.empty(0)  # recent non-zero |fitness change|
-        self._scored = 0
-        self._asked = 0
 
-    # ------------------------------------------------------------- ask/tell
-    def ask(self, n: int) -> np.ndarray:
-        self._asked = min(n, self.params.population - self._scored)
-        return self.candidates[self._scored : self._scored + self._asked].copy()
-
-    def tell(
-        self,
-        genomes: np.ndarray,
-        fitness: np.ndarray,
-        metrics: Sequence[Mapping[str, float]] | None = None,
-    ) -> None:
-        if len(genomes) != self._asked:
-            raise ValueError(f"tell() got {len(genomes)} genomes for {self._asked} asked")
-        part = slice(self._scored, self._scored + self._asked)
-        self.candidates[part] = genomes
-        self.scores[part] = fitness
-        self._scored += self._asked
-        self._asked = 0
-        if self._scored == self.params.population:
-            self._close_round()
+    # ------------------------------------------------------------- rounds
+    def _round(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.candidates, self.scores
 
     # ------------------------------------------------------------ annealing
     @property
@@ -176,7 +156,6 @@ class SimulatedAnnealing(Searcher):
         self._cool(len(self.scores), acceptance)
         self.round += 1
         self.candidates = self._neighbours()
-        self._scored = 0
 
     def _move_to(self, index: int) -> None:
         self.current = self.candidates[index].copy()
@@ -239,8 +218,6 @@ class SimulatedAnnealing(Searcher):
             "progress": self.progress,
             "stale": self.stale,
             "changes": self.changes.copy(),
-            "scored": self._scored,
-            "asked": self._asked,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -254,5 +231,3 @@ class SimulatedAnnealing(Searcher):
         self.progress = state["progress"]
         self.stale = state["stale"]
         self.changes = state["changes"].copy()
-        self._scored = state["scored"]
-        self._asked = state["asked"]

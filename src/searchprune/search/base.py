@@ -96,6 +96,61 @@ class Searcher(ABC):
         self.rng.bit_generator.state = state["rng"]
 
 
+class RoundSearcher(Searcher):
+    """A searcher that proposes a whole round of ``population`` genomes (a swarm, a set of
+    neighbours) and learns only once every one of them is scored.
+
+    The run loop may ask for fewer genomes than a round (its last ask, or a smaller
+    batch); the rest of the round is handed out by the next asks, so any sequence of ask
+    sizes gives the same search. Subclasses provide the round's arrays and
+    :meth:`_close_round`.
+    """
+
+    def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
+        super().__init__(space, params, seed)
+        self._scored = 0
+        self._asked = 0
+
+    @abstractmethod
+    def _round(self) -> tuple[np.ndarray, np.ndarray]:
+        """The current round's genomes ``(population, dim)`` and scores ``(population,)``,
+        updated in place as the round is scored."""
+
+    @abstractmethod
+    def _close_round(self) -> None:
+        """Learn from the fully scored round and prepare the next one."""
+
+    def ask(self, n: int) -> np.ndarray:
+        genomes, _ = self._round()
+        self._asked = min(n, self.params.population - self._scored)
+        return genomes[self._scored : self._scored + self._asked].copy()
+
+    def tell(
+        self,
+        genomes: np.ndarray,
+        fitness: np.ndarray,
+        metrics: Sequence[Mapping[str, float]] | None = None,
+    ) -> None:
+        if len(genomes) != self._asked:
+            raise ValueError(f"tell() got {len(genomes)} genomes for {self._asked} asked")
+        round_genomes, round_scores = self._round()
+        part = slice(self._scored, self._scored + self._asked)
+        round_genomes[part] = genomes
+        round_scores[part] = fitness
+        self._scored += self._asked
+        self._asked = 0
+        if self._scored == self.params.population:
+            self._scored = 0
+            self._close_round()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "scored": self._scored, "asked": self._asked}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._scored, self._asked = state["scored"], state["asked"]
+
+
 SEARCHERS: Registry[type[Searcher]] = Registry("searcher", "searcher.name")
 
 

@@ -38,13 +38,12 @@ bits are drawn by the space's sampler).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from searchprune.search.base import SEARCHERS, Searcher, SearcherParams
+from searchprune.search.base import SEARCHERS, RoundSearcher, SearcherParams
 from searchprune.space import Space
 
 
@@ -71,7 +70,7 @@ class PSOParams(SearcherParams):
 
 
 @SEARCHERS.register("pso", "particle swarm optimization: continuous or binary, global or ring")
-class ParticleSwarmSearch(Searcher):
+class ParticleSwarmSearch(RoundSearcher):
     """Synchronous PSO (the swarm moves once every particle is scored); see the module
     docstring."""
 
@@ -98,29 +97,10 @@ class ParticleSwarmSearch(Searcher):
         self.scores = np.full(p.population, -np.inf)
         self.best_positions = self.positions.copy()
         self.best_scores = np.full(p.population, -np.inf)
-        self._scored = 0
-        self._asked = 0
 
-    # ------------------------------------------------------------- ask/tell
-    def ask(self, n: int) -> np.ndarray:
-        self._asked = min(n, self.params.population - self._scored)
-        return self.positions[self._scored : self._scored + self._asked].copy()
-
-    def tell(
-        self,
-        genomes: np.ndarray,
-        fitness: np.ndarray,
-        metrics: Sequence[Mapping[str, float]] | None = None,
-    ) -> None:
-        if len(genomes) != self._asked:
-            raise ValueError(f"tell() got {len(genomes)} genomes for {self._asked} asked")
-        part = slice(self._scored, self._scored + self._asked)
-        self.positions[part] = genomes
-        self.scores[part] = fitness
-        self._scored += self._asked
-        self._asked = 0
-        if self._scored == self.params.population:
-            self._move()
+    # ------------------------------------------------------------- rounds
+    def _round(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.positions, self.scores
 
     # ---------------------------------------------------------------- swarm
     def _neighbourhood_best(self) -> np.ndarray:
@@ -134,7 +114,7 @@ class ParticleSwarmSearch(Searcher):
         winner = ring[np.arange(count), np.argmax(self.best_scores[ring], axis=1)]
         return self.best_positions[winner]
 
-    def _move(self) -> None:
+    def _close_round(self) -> None:
         """Update personal bests from the scored round, then move every particle."""
         p = self.params
         improved = self.scores > self.best_scores
@@ -150,7 +130,6 @@ class ParticleSwarmSearch(Searcher):
             self.positions = self.rng.random(x.shape) < keep_probability
         else:
             self.positions = np.clip(x + self.velocities, self.space.lower, self.space.upper)
-        self._scored = 0
 
     # ----------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -161,8 +140,6 @@ class ParticleSwarmSearch(Searcher):
             "scores": self.scores.copy(),
             "best_positions": self.best_positions.copy(),
             "best_scores": self.best_scores.copy(),
-            "scored": self._scored,
-            "asked": self._asked,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -172,5 +149,3 @@ class ParticleSwarmSearch(Searcher):
         self.scores = state["scores"].copy()
         self.best_positions = state["best_positions"].copy()
         self.best_scores = state["best_scores"].copy()
-        self._scored = state["scored"]
-        self._asked = state["asked"]

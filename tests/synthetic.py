@@ -11,27 +11,33 @@ import pytest
 import torch
 
 from searchprune.core.budget import Budget
-from searchprune.core.graph import build_dependency_graph
-from searchprune.core.layers import discover_layers
-from searchprune.core.units import CostModel
-from searchprune.pruners.criteria import magnitude
+from searchprune.problem import Problem
 from searchprune.search import SEARCHERS, Searcher
-from searchprune.space import Space
+from searchprune.space import BinarySpace, Space
 from searchprune.tasks.base import Task
 from searchprune.tasks.models import DigitsResNet
 
 Fitness = Callable[[np.ndarray], float]
 
-torch.manual_seed(0)
-_MODEL = DigitsResNet()
-_LAYERS = discover_layers(_MODEL, torch.randn(1, 64))
-_GRAPH = build_dependency_graph(_MODEL, torch.randn(1, 64), _LAYERS)
-_NO_DATA = (torch.zeros(1, 64), torch.zeros(1))
-_SCORES = magnitude(_MODEL, [la for la in _LAYERS if la.prunable], Task(_MODEL, _NO_DATA, _NO_DATA))
+_PROBLEMS: dict[type[Space], Problem] = {}
 
 
 def make_space(kind: type[Space]) -> Space:
-    return kind(CostModel(_LAYERS, _GRAPH, "channel"), Budget("flops", 0.5), _SCORES)
+    """A fresh space of ``kind`` (and the problem around it, for searchers that need it)."""
+    torch.manual_seed(0)
+    model = DigitsResNet()
+    inputs = torch.randn(8, 64)
+    task = Task(
+        model,
+        (inputs, torch.zeros(8, dtype=torch.long)),
+        (inputs, torch.zeros(8, dtype=torch.long)),
+    )
+    name = "binary" if kind is BinarySpace else "layer-ratios"
+    problem = Problem(
+        task, budget=Budget("flops", 0.5), space=name, granularity="channel", bn_samples=0
+    )
+    _PROBLEMS[kind] = problem
+    return problem.space
 
 
 def distance_fitness(space: Space) -> Fitness:
@@ -43,10 +49,11 @@ def distance_fitness(space: Space) -> Fitness:
 def make(name: str, space: Space, seed: int, **params: object) -> Searcher:
     """The registered searcher ``name``, with the space repairing as it asks."""
     cls = SEARCHERS.get(name)
-    if name == "cmaes" and space.kind == "binary":
-        pytest.skip("CMA-ES searches real genomes only")
+    if name in ("cmaes", "amc") and space.kind == "binary":
+        pytest.skip(f"{name} searches real genomes only")
     space.exact = cls.budget_mode == "exact"
-    return cls(space, cls.Params.model_validate(params), seed=seed)
+    problem = next(p for p in _PROBLEMS.values() if p.space is space)
+    return cls.create(space, cls.Params.model_validate(params), seed, problem)
 
 
 def rounds(

@@ -25,6 +25,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from searchprune.assemble import build_problem, build_task
 from searchprune.config import Config, ConfigError, apply_override, validate_config
 from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
@@ -32,7 +33,7 @@ from searchprune.finetune import finetune
 from searchprune.fitness import FITNESSES
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
-from searchprune.registry import SpecError, UnknownNameError, import_object, unknown_name_message
+from searchprune.registry import SpecError, UnknownNameError
 from searchprune.report import (
     comparison_table,
     plot_fitness,
@@ -44,64 +45,18 @@ from searchprune.report import (
 from searchprune.search import SEARCHERS, Searcher, make_searcher
 from searchprune.search.base import FrontMember
 from searchprune.tasks.base import Split, Task, score_model
-from searchprune.tasks.builtin import BUILTIN_TASKS, load_builtin_task
 
 CHECKPOINT = "checkpoint.pkl"
 HISTORY = "history.jsonl"
 
 
 # --------------------------------------------------------------------- building
-def build_task(config: Config) -> Task:
-    """The built-in task named in the config, or the user's ``package.module:factory``."""
-    spec = config.task
-    if ":" not in spec.name:
-        if spec.options:
-            raise ConfigError(
-                f"task: built-in task {spec.name!r} takes no options {sorted(spec.options)}; "
-                "only name and seed"
-            )
-        if spec.name not in BUILTIN_TASKS:
-            raise ConfigError(
-                unknown_name_message("task.name", "task", spec.name, sorted(BUILTIN_TASKS))
-            )
-        return load_builtin_task(spec.name, seed=spec.seed)
-    factory = import_object(spec.name, "task.name")
-    if not callable(factory):
-        raise ConfigError(f"task.name: {spec.name!r} is not callable")
-    task = factory(**spec.options)
-    if not isinstance(task, Task):
-        raise ConfigError(
-            f"task.name: {spec.name!r} returned {type(task).__name__}; a task factory must "
-            "return searchprune.Task(model=..., train=..., val=..., test=...)"
-        )
-    return task
-
-
-def build_problem(config: Config, task: Task) -> Problem:
-    space = config.space
-    return Problem(
-        task,
-        budget=config.budget_spec,
-        fitness=config.fitness.name,
-        space=space.name,
-        granularity=space.granularity,
-        criterion=space.criterion,
-        min_ratio=space.min_ratio,
-        max_ratio=space.max_ratio,
-        layer_bounds=space.layer_bounds,
-        exclude_output=space.exclude_output,
-        exclude=space.exclude,
-        bn_samples=config.fitness.bn_samples,
-        penalty=config.fitness.penalty,
-        device=config.evaluator.device,
-        channels_last=config.evaluator.channels_last,
-    )
-
-
 def build_searcher(config: Config, problem: Problem) -> Searcher:
     assert config.searcher is not None
     params = config.searcher.model_extra or {}
-    return make_searcher(config.searcher.name, problem.space, seed=config.run.seed, **params)
+    return make_searcher(
+        config.searcher.name, problem.space, seed=config.run.seed, problem=problem, **params
+    )
 
 
 def build_evaluator(config: Config, problem: Problem) -> Evaluator:

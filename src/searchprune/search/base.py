@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from searchprune.problem import Problem
 from searchprune.registry import Registry, SpecError
 from searchprune.space import Space
 
@@ -83,6 +84,13 @@ class Searcher(ABC):
         figures (``sparsity``, ``flops_fraction``, ``params_fraction``, val metrics), for
         searchers with more than one objective.
         """
+
+    @classmethod
+    def create(
+        cls, space: Space, params: SearcherParams, seed: int, problem: Problem | None
+    ) -> Searcher:
+        """Build the searcher; ``problem`` is for searchers that need more than the space."""
+        return cls(space, params, seed)
 
     def front(self) -> list[FrontMember]:
         """The Pareto front found so far (empty for single-objective searchers)."""
@@ -154,8 +162,12 @@ class RoundSearcher(Searcher):
 SEARCHERS: Registry[type[Searcher]] = Registry("searcher", "searcher.name")
 
 
-def make_searcher(name: str, space: Space, seed: int = 0, **params: Any) -> Searcher:
-    """Build the searcher registered as ``name``, with its ``params`` validated.
+def make_searcher(
+    name: str, space: Space, seed: int = 0, *, problem: Problem | None = None, **params: Any
+) -> Searcher:
+    """Build the searcher registered as ``name``, with its ``params`` validated;
+    ``problem`` (whose space ``space`` is) is needed by searchers that see more than the
+    space, such as AMC's environment.
 
     :raises SpecError: naming ``searcher.<key>`` for an unknown or invalid parameter.
     """
@@ -175,6 +187,6 @@ def make_searcher(name: str, space: Space, seed: int = 0, **params: Any) -> Sear
                 lines.append(f"searcher.{key}: {item['msg']} (got {item.get('input')!r})")
         raise SpecError("invalid config:\n  " + "\n  ".join(lines)) from None
     try:
-        return cls(space, validated, seed=seed)
+        return cls.create(space, validated, seed, problem)
     except ValueError as error:
         raise SpecError(str(error)) from None

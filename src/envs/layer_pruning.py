@@ -1,0 +1,220 @@
+"""``LayerPruningEnv``: AMC's layer-by-layer pruning as a Gymnasium environment.
+
+He et al. 2018 ("AMC: AutoML for Model Compression") treat pruning as a sequential
+decision: an agent walks the network one prunable unit at a time (a layer at weight
+granularity, a channel group at channel granularity) and picks the unit's pruning
+ratio; the reward is the pruned network's score, given at the last step.
+
+- Observation: AMC's layer embedding, 11 features each min-max normalized to [0, 1]
+  (float32): unit index, layer type (0 Linear, 1 Conv), input channels, output
+  channels, stride, kernel size, params, FLOPs, FLOPs removed so far, FLOPs of the units
+  still to come, previous action.
+- Action: ``Box(-1, 1, (1,))``, rescaled inside the env to the unit's
+  ``[min_ratio, max_ratio]``.
+- Action wall (AMC, section 3.2): each action is raised to the least pruning that still
+  lets the budget be met at the end of the episode if every later unit is pruned as much
+  as it may be; whatever the remaining actions are, the budget holds.
+- Reward: 0 until the last step, then the fitness of the decoded masks, scored by the
+  project's evaluator (``score=False`` leaves it 0 and only reports the genome, for the
+  ``amc`` searcher, which batches the scoring of many episodes).
+
+The masks come from the problem's ``layer-ratios`` space, like every other searcher's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from searchprune.assemble import build_problem, build_task
+from searchprune.config import Config, load_config, validate_config
+from searchprune.core.budget import Budget
+from searchprune.evaluate import Evaluator, LocalEvaluator
+from searchprune.problem import Problem
+from searchprune.space import LayerRatioSpace
+from searchprune.tasks.base import Task
+
+FEATURES = (
+    "index",
+    "is_conv",
+    "in_channels",
+    "out_channels",
+    "stride",
+    "kernel",
+    "params",
+    "flops",
+    "flops_removed",
+    "flops_rest",
+    "previous_action",
+)
+
+
+def _problem_from(
+    source: Problem | Task | Config | Mapping[str, Any] | str | Path, problem_kwargs: dict[str, Any]
+) -> Problem:
+    if isinstance(source, Problem):
+        return source
+    if isinstance(source, Task):
+        budget = problem_kwargs.pop("budget", None)
+        if budget is None:
+            raise ValueError(
+                "LayerPruningEnv(task, budget=...) needs a budget, e.g. {'flops': 0.5}"
+            )
+        if isinstance(budget, Mapping):
+            budget = Budget.from_mapping(budget)
+        return Problem(source, budget=budget, **problem_kwargs)
+    if isinstance(source, (str, Path)):
+        config = load_config(source)
+    elif isinstance(source, Config):
+        config = source
+    else:
+        config = validate_config(dict(source))
+    return build_problem(config, build_task(config))
+
+
+class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
+    """One episode = one pass over the prunable units; see the module docstring.
+
+    ``source`` is a :class:`Problem`, a :class:`Task` (with ``budget=`` and any other
+    :class:`Problem` keyword), or a config (a :class:`Config`, plain data or a YAML path).
+    The problem's space must be ``layer-ratios``.
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
+
+    def __init__(
+        self,
+        source: Problem | Task | Config | Mapping[str, Any] | str | Path,
+        *,
+        evaluator: Evaluator | None = None,
+        score: bool = True,
+        **problem_kwargs: Any,
+    ) -> None:
+        self.problem = _problem_from(source, dict(problem_kwargs))
+        space = self.problem.space
+        if not isinstance(space, LayerRatioSpace):
+            raise ValueError("LayerPruningEnv needs space.name: layer-ratios (one ratio per unit)")
+        self.space: LayerRatioSpace = space
+        self.space.exact = False  # the action wall already meets the budget; keep the actions
+        self.score = score
+        self.evaluator = (
+            evaluator if evaluator is not None or not score else LocalEvaluator(self.problem)
+        )
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(len(FEATURES),), dtype=np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self._static, self._unit_flops = self._embedding()
+        self.sizes = space.cost.sizes
+        self.k_min, self.k_max = space.repairer.k_min, space.repairer.k_max
+        self._removed = np.zeros(len(self.sizes))
+        self._step = 0
+        self._previous = 0.0
+
+    # --------------------------------------------------------------- features
+    def _embedding(self) -> tuple[np.ndarray, np.ndarray]:
+        """Static features of every unit, min-max normalized, and each unit's FLOPs."""
+        layers = {layer.name: layer for layer in self.problem.layers}
+        rows, flops = [], []
+        for index, unit in enumerate(self.space.units):
+            members = [layers[name] for name in unit.layers]
+            first = members[0]
+            rows.append(
+                [
+                    index,
+                    0.0 if first.kind == "linear" else 1.0,
+                    first.in_channels,
+                    first.out_channels,
+                    max(first.stride, default=1),
+                    max(first.kernel_size, default=1),
+                    sum(layer.params for layer in members),
+                    sum(layer.flops for layer in members),
+                ]
+            )
+            flops.append(sum(layer.flops for layer in members))
+        table = np.array(rows, dtype=np.float64)
+        low, high = table.min(axis=0), table.max(axis=0)
+        span = np.where(high > low, high - low, 1.0)
+        return (table - low) / span, np.array(flops, dtype=np.float64)
+
+    def _observation(self) -> np.ndarray:
+        t = min(self._step, len(self.sizes) - 1)
+        total = self._unit_flops.sum()
+        removed = float(
+            (
+                self._removed[: self._step]
+                / self.sizes[: self._step]
+                * self._unit_flops[: self._step]
+            ).sum()
+        )
+        rest = float(self._unit_flops[t + 1 :].sum())
+        dynamic = [removed / total, rest / total, self._previous]
+        return np.clip(np.concatenate([self._static[t], dynamic]), 0.0, 1.0).astype(np.float32)
+
+    # ------------------------------------------------------------ action wall
+    def wall(self, step: int, removed: np.ndarray) -> int:
+        """The least count unit ``step`` may remove so that the budget can still be met,
+        given ``removed`` for the units before it and the most for the units after."""
+        trial = removed.copy()
+        trial[step + 1 :] = self.k_max[step + 1 :]
+        low, high = int(self.k_min[step]), int(self.k_max[step])
+        while low < high:
+            middle = (low + high) // 2
+            trial[step] = middle
+            if self.space.repairer.met(trial[None, :])[0]:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def ratio_of(self, action: float, step: int) -> float:
+        """The pruning ratio an action in [-1, 1] asks for at unit ``step``."""
+        low, high = self.space.lower[step], self.space.upper[step]
+        return float(low + (np.clip(action, -1.0, 1.0) + 1.0) / 2.0 * (high - low))
+
+    def action_of(self, ratio: float, step: int) -> float:
+        """The action in [-1, 1] that asks for ``ratio`` at unit ``step``."""
+        low, high = self.space.lower[step], self.space.upper[step]
+        return float(np.clip(2.0 * (ratio - low) / max(high - low, 1e-12) - 1.0, -1.0, 1.0))
+
+    # ---------------------------------------------------------------- gym API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._removed = np.zeros(len(self.sizes))
+        self._step = 0
+        self._previous = 0.0
+        return self._observation(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        t = self._step
+        if t >= len(self.sizes):
+            raise RuntimeError("step() after the episode ended; call reset()")
+        wanted = np.round(
+            self.ratio_of(float(np.asarray(action).reshape(-1)[0]), t) * self.sizes[t]
+        )
+        count = float(
+            np.clip(max(wanted, self.wall(t, self._removed)), self.k_min[t], self.k_max[t])
+        )
+        self._removed[t] = count
+        ratio = count / self.sizes[t]
+        self._previous = (ratio - self.space.lower[t]) / max(
+            self.space.upper[t] - self.space.lower[t], 1e-12
+        )
+        self._step += 1
+        info: dict[str, Any] = {"ratio": ratio, "applied_action": self.action_of(ratio, t)}
+        terminated = self._step == len(self.sizes)
+        reward = 0.0
+        if terminated:
+            genome = self._removed / self.sizes
+            info["genome"] = genome
+            if self.score:
+                assert self.evaluator is not None
+                result = self.evaluator.evaluate(genome[None, :])[0]
+                reward = result.fitness
+                info["metrics"] = result.evaluation.metrics
+        return self._observation(), reward, terminated, False, info

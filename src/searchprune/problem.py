@@ -91,6 +91,7 @@ class Problem:
         self.granularity = parse_granularity(granularity)
         self.cost = CostModel(self.layers, self.graph, self.granularity)
         prunable = [layer for layer in self.layers if layer.prunable]
+        self.criterion = criterion
         self.weight_scores = CRITERIA.get(criterion)(self.model, prunable, self.task)
         self.space: Space = SPACES.get(space)(
             self.cost,

@@ -1,19 +1,26 @@
 """One-shot baselines: masks computed in one step from a criterion, at the run's budget.
 
-Each method maps a :class:`~searchprune.problem.Problem` to a :class:`MaskSet` that meets
-its budget, and is scored by the same fitness as every searched candidate.
+Every criterion ``c`` of :data:`~searchprune.pruners.criteria.CRITERIA` gives two
+methods: ``c-global`` removes the lowest-scored weights (or channels) of the whole
+network until the budget is met, one threshold for all layers (Han et al. 2015 for
+magnitude; Lee et al. 2019 for SNIP); ``c-layer`` removes the same fraction of every
+layer (or channel group). Each maps a :class:`~searchprune.problem.Problem` to a
+:class:`MaskSet` that meets its budget, scored by the same fitness as every searched
+candidate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from searchprune.core.masks import MaskSet
 from searchprune.problem import Problem
-from searchprune.pruners.criteria import channel_scores
+from searchprune.pruners.criteria import CRITERIA, channel_scores
 from searchprune.registry import Registry
 from searchprune.space import LayerRatioSpace
 
@@ -21,36 +28,40 @@ Method = Callable[[Problem], MaskSet]
 METHODS: Registry[Method] = Registry("method", "method")
 
 
-def _ratio_space(problem: Problem) -> LayerRatioSpace:
-    """The problem's space when it is ``layer-ratios``, else one over the same units."""
-    if isinstance(problem.space, LayerRatioSpace):
-        return problem.space
-    return LayerRatioSpace(problem.cost, problem.budget, problem.weight_scores, max_ratio=1.0)
+def criterion_scores(problem: Problem, criterion: str) -> dict[str, Tensor]:
+    """Weight scores of ``criterion`` on the problem's model (train data only)."""
+    if criterion == problem.criterion:
+        return problem.weight_scores
+    prunable = [layer for layer in problem.layers if layer.prunable]
+    return CRITERIA.get(criterion)(problem.model, prunable, problem.task)
 
 
-def _unit_scores(problem: Problem) -> list[torch.Tensor]:
+def _ratio_space(problem: Problem, scores: dict[str, Tensor]) -> LayerRatioSpace:
+    """A ``layer-ratios`` space over the problem's units, ranking by ``scores``."""
+    space = problem.space
+    if isinstance(space, LayerRatioSpace) and scores is problem.weight_scores:
+        return space
+    return LayerRatioSpace(problem.cost, problem.budget, scores, max_ratio=1.0)
+
+
+def global_masks(problem: Problem, criterion: str) -> MaskSet:
+    """Remove the globally lowest-scored weights (or channels, by their mean weight score)
+    until the budget is met: one threshold for the whole network."""
+    scores = criterion_scores(problem, criterion)
     units = problem.cost.units
     if problem.granularity == "weight":
-        return [problem.weight_scores[unit.name].reshape(-1) for unit in units]
-    return [channel_scores(problem.weight_scores, unit) for unit in units]
-
-
-@METHODS.register(
-    "magnitude-global", "one global magnitude threshold across layers (Han et al. 2015)"
-)
-def magnitude_global(problem: Problem) -> MaskSet:
-    """Remove the globally smallest weights (or channels, by mean |w|) until the budget is
-    met: a single threshold for the whole network (Han et al. 2015)."""
-    scores = _unit_scores(problem)
-    flat = torch.cat(scores).numpy()
-    owner = np.concatenate([np.full(len(s), u) for u, s in enumerate(scores)])
+        per_unit = [scores[unit.name].reshape(-1) for unit in units]
+    else:
+        per_unit = [channel_scores(scores, unit) for unit in units]
+    flat = torch.cat(per_unit).numpy()
+    owner = np.concatenate([np.full(len(s), u) for u, s in enumerate(per_unit)])
     owner_in_order = owner[np.argsort(flat, kind="stable")]
-    space = _ratio_space(problem)
+    space = _ratio_space(problem, scores)
 
     def removed(count: int) -> np.ndarray:
-        return np.bincount(owner_in_order[:count], minlength=len(scores)).astype(np.float64)
+        return np.bincount(owner_in_order[:count], minlength=len(per_unit)).astype(np.float64)
 
-    low, high = 0, len(flat)  # removing the `high` smallest elements meets the budget
+    low, high = 0, len(flat)  # removing the `high` lowest-scored elements meets the budget
     while low < high:
         middle = (low + high) // 2
         if space.repairer.met(removed(middle)[None, :])[0]:
@@ -60,10 +71,28 @@ def magnitude_global(problem: Problem) -> MaskSet:
     return space.decode(removed(high) / problem.cost.sizes)
 
 
-@METHODS.register("magnitude-layer", "the same pruning ratio in every layer, by magnitude")
-def magnitude_layer(problem: Problem) -> MaskSet:
-    """Prune every layer (or channel group) by the same ratio, smallest magnitudes first:
-    layer-wise (uniform) magnitude pruning."""
-    space = _ratio_space(problem)
+def layer_masks(problem: Problem, criterion: str) -> MaskSet:
+    """Remove the same fraction of every layer (or channel group), lowest scores first."""
+    space = _ratio_space(problem, criterion_scores(problem, criterion))
     removed = space.repairer.removed_counts(np.full((1, space.dim), 0.5), exact=True)
     return space.decode(removed[0] / problem.cost.sizes)
+
+
+def register_one_shot_methods() -> None:
+    """Register ``<criterion>-global`` and ``<criterion>-layer`` for every criterion."""
+    for entry in CRITERIA:
+        if f"{entry.name}-global" in METHODS:
+            continue
+        METHODS.add(
+            f"{entry.name}-global",
+            partial(global_masks, criterion=entry.name),
+            f"one global threshold on {entry.name} scores across layers",
+        )
+        METHODS.add(
+            f"{entry.name}-layer",
+            partial(layer_masks, criterion=entry.name),
+            f"the same fraction of every layer, lowest {entry.name} scores first",
+        )
+
+
+register_one_shot_methods()

@@ -191,3 +191,13 @@ def test_existing_run_directory_is_not_overwritten(
     assert main(["run", str(config), "--out", str(tmp_path / "r")]) == 0
     assert main(["run", str(config), "--out", str(tmp_path / "r")]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(["amc", "cmaes", "ga", "nsga2", "pso", "random", "sa"]))
+def test_every_searcher_runs_from_a_config_within_the_budget(tmp_path: Path, name: str) -> None:
+    config = _config(tmp_path, searcher={"name": name, "population": 8})
+    out = tmp_path / name
+    assert main(["run", str(config), "--out", str(out)]) == 0
+    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 48 and all(row["sparsity"] >= 0.9 - 1e-6 for row in history)
+    assert json.loads((out / "summary.json").read_text())["method"] == name

@@ -54,3 +54,11 @@ def test_ga_rejects_operators_that_do_not_fit_themake_space() -> None:
         make("ga", make_space(BinarySpace), seed=0, crossover="sbx")
     with pytest.raises(ValueError, match="searcher.population=2"):
         make("ga", make_space(LayerRatioSpace), seed=0, population=2)
+
+
+@pytest.mark.parametrize("name", [n for n in SEARCHERS.names() if n != "random"])
+def test_every_searcher_improves_on_its_first_round(name: str) -> None:
+    space = make_space(LayerRatioSpace)
+    fitness = distance_fitness(space)
+    found = scores(make(name, space, seed=0, population=16), fitness, 320)
+    assert max(found) > max(found[:16])

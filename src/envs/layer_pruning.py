@@ -100,8 +100,9 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         if not isinstance(space, LayerRatioSpace):
             raise ValueError("LayerPruningEnv needs space.name: layer-ratios (one ratio per unit)")
         self.space: LayerRatioSpace = space
-        self.space.exact = False  # the action wall already meets the budget; keep the actions
         self.score = score
+        if score:  # the action wall already meets the budget: score the actions as taken
+            self.space.exact = False
         self.evaluator = (
             evaluator if evaluator is not None or not score else LocalEvaluator(self.problem)
         )

@@ -11,6 +11,11 @@ keeps every episode within the budget. AMC's recipe:
   reward minus a moving-average baseline (variance reduction);
 - the best episode's masks are what the run reports (the run loop tracks them).
 
+The action wall guarantees the budget but lets early units overshoot it; the evaluator
+then repairs each episode's ratios onto the budget exactly, like every other searcher's
+genomes (measured on the digits CNN at 90% weight sparsity: 66% val accuracy with the
+repair against 50% without), and the transitions are credited with that score.
+
 ``population`` episodes run in lockstep in a stable-baselines3 vector env, so their
 final evaluations reach the evaluator as one batch; the agent then trains
 ``gradient_steps`` times per episode. The agent's random draws (replay sampling, noise)
@@ -71,7 +76,6 @@ class AMCSearch(Searcher):
     name = "amc"
     Params: ClassVar[type[SearcherParams]] = AMCParams
     params: AMCParams
-    budget_mode: ClassVar[str] = "bound"  # the action wall meets the budget; keep the actions
 
     @classmethod
     def create(

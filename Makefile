@@ -12,6 +12,7 @@ $(BIN)/searchprune: pyproject.toml scripts/setup.sh
 setup: $(BIN)/searchprune
 
 quickstart: setup
+	rm -rf runs/quickstart
 	$(BIN)/searchprune run configs/quickstart.yaml --out runs/quickstart
 
 test: setup

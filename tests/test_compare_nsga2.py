@@ -72,7 +72,7 @@ def test_compare_end_to_end_and_rerun_reuses_runs(
             "methods": ["ga", "random", "magnitude-global"],
             "budgets": [{"sparsity": 0.8}, {"sparsity": 0.9}],
             "seeds": [0, 1],
-            "searchers": {"ga": {"population": 8}, "random": {"population": 8}},
+            "settings": {"ga": {"population": 8}, "random": {"population": 8}},
         },
     }
     config = _write(tmp_path, data)

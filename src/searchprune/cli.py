@@ -51,6 +51,7 @@ def _list(args: argparse.Namespace) -> int:
     from searchprune.fitness import FITNESSES
     from searchprune.pruners.criteria import CRITERIA
     from searchprune.pruners.oneshot import METHODS
+    from searchprune.pruners.training import TRAINING_METHODS
     from searchprune.search import SEARCHERS
     from searchprune.space import SPACES
     from searchprune.tasks.builtin import BUILTIN_TASKS
@@ -58,7 +59,8 @@ def _list(args: argparse.Namespace) -> int:
     sections: list[tuple[str, list[tuple[str, str]]]] = [
         ("tasks", [(name, spec.description) for name, spec in sorted(BUILTIN_TASKS.items())]),
         ("searchers", [(e.name, e.description) for e in SEARCHERS]),
-        ("methods (baselines)", [(e.name, e.description) for e in METHODS]),
+        ("methods (one-shot baselines)", [(e.name, e.description) for e in METHODS]),
+        ("methods (training-time)", [(e.name, e.description) for e in TRAINING_METHODS]),
         ("spaces", [(e.name, e.description) for e in SPACES]),
         ("criteria", [(e.name, e.description) for e in CRITERIA]),
         ("fitness functions", [(e.name, e.description) for e in FITNESSES]),

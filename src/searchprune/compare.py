@@ -8,7 +8,7 @@ A compare config is a run config without ``budget``/``searcher``/``method`` plus
       methods: [ga, pso, sa, random, magnitude-global]
       budgets: [{sparsity: 0.9}, {sparsity: 0.95}]
       seeds: [0, 1, 2]
-      searchers: {ga: {population: 32}}    # optional settings per searcher
+      settings: {ga: {population: 32}}     # optional settings per method
 
 Each search method gets the same ``run.max_evals``. Every (task, budget, method, seed)
 is an ordinary run directory under ``OUT/runs/``; runs already finished are reused, so
@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from searchprune.config import Config, ConfigError, validate_config
 from searchprune.pruners.oneshot import METHODS
+from searchprune.pruners.training import TRAINING_METHODS
 from searchprune.registry import unknown_name_message
 from searchprune.runner import CHECKPOINT, run
 from searchprune.search import SEARCHERS
@@ -49,7 +50,7 @@ class CompareSection(BaseModel):
     methods: list[str] = Field(min_length=1)
     budgets: list[dict[str, float]] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0])
-    searchers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,11 @@ def _cell_config(
     data["baselines"] = []
     data.setdefault("run", {})
     data["run"] = {**data["run"], "seed": seed, "progress": False}
+    settings = section.settings.get(method, {})
     if method in SEARCHERS:
-        data["searcher"] = {"name": method, **section.searchers.get(method, {})}
+        data["searcher"] = {"name": method, **settings}
     else:
-        data["method"] = method
+        data["method"] = {"name": method, **settings}
     return validate_config(data)
 
 
@@ -102,15 +104,11 @@ def plan(data: dict[str, Any]) -> tuple[CompareSection, list[Cell], list[str]]:
         section = CompareSection.model_validate(data.pop("compare"))
     except ValueError as error:
         raise ConfigError(f"compare: {error}") from None
+    known = SEARCHERS.names() + METHODS.names() + TRAINING_METHODS.names()
     for method in section.methods:
-        if method not in SEARCHERS and method not in METHODS:
+        if method not in known:
             raise ConfigError(
-                unknown_name_message(
-                    "compare.methods",
-                    "searcher or method",
-                    method,
-                    SEARCHERS.names() + METHODS.names(),
-                )
+                unknown_name_message("compare.methods", "searcher or method", method, known)
             )
     tasks = section.tasks or [
         data["task"]["name"] if isinstance(data.get("task"), dict) else data.get("task", "")

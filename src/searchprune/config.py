@@ -75,6 +75,18 @@ class SearcherConfig(_Section):
     name: str
 
 
+class MethodConfig(_Section):
+    """A baseline or training-time method run instead of a searcher; other keys are the
+    method's settings (training-time methods: ``epochs``, ``lr``, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class EvaluatorConfig(_Section):
     name: Literal["local"] = "local"
     device: str = "cpu"
@@ -109,7 +121,7 @@ class Config(BaseModel):
     budget: dict[str, float]
     fitness: FitnessConfig = FitnessConfig()
     searcher: SearcherConfig | None = None
-    method: str | None = None
+    method: MethodConfig | None = None
     evaluator: EvaluatorConfig = EvaluatorConfig()
     run: RunConfig = RunConfig()
     finetune: FinetuneConfig = FinetuneConfig()
@@ -131,6 +143,13 @@ class Config(BaseModel):
         return self
 
     @property
+    def method_name(self) -> str:
+        """The searcher's or method's name."""
+        chosen = self.method or self.searcher
+        assert chosen is not None
+        return chosen.name
+
+    @property
     def budget_spec(self) -> Budget:
         return Budget.from_mapping(self.budget)
 
@@ -140,6 +159,8 @@ class Config(BaseModel):
         data["task"] = {"name": self.task.name, "seed": self.task.seed, **self.task.options}
         if self.searcher is not None:
             data["searcher"] = {"name": self.searcher.name, **(self.searcher.model_extra or {})}
+        if self.method is not None:
+            data["method"] = {"name": self.method.name, **self.method.options}
         return {key: value for key, value in data.items() if value is not None}
 
 
@@ -169,6 +190,23 @@ def _describe(error: Any, model: type[BaseModel]) -> str:
     if error["type"] == "missing":
         return f"{where}: required key is missing"
     return f"{where}: {message} (got {error.get('input')!r})"
+
+
+def describe_errors(
+    error: ValidationError, section: str, params: type[BaseModel], name: str
+) -> str:
+    """The errors of a searcher's or method's own settings, each naming ``section.key``."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            valid = ", ".join(["name", *sorted(params.model_fields)])
+            lines.append(
+                f"{section}.{key}: unknown key for {section} {name!r}; valid keys: {valid}"
+            )
+        else:
+            lines.append(f"{section}.{key}: {item['msg']} (got {item.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(lines)
 
 
 def validate_config(data: Any) -> Config:

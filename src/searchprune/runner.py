@@ -16,24 +16,32 @@ import pickle
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from searchprune.assemble import build_problem, build_task
-from searchprune.config import Config, ConfigError, apply_override, validate_config
+from searchprune.config import (
+    Config,
+    ConfigError,
+    apply_override,
+    describe_errors,
+    validate_config,
+)
 from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
 from searchprune.finetune import finetune
 from searchprune.fitness import FITNESSES
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
-from searchprune.registry import SpecError, UnknownNameError
+from searchprune.pruners.training import TRAINING_METHODS
+from searchprune.registry import SpecError, UnknownNameError, unknown_name_message
 from searchprune.report import (
     comparison_table,
     plot_fitness,
@@ -76,17 +84,18 @@ def check_names(config: Config) -> None:
         checks.append((FITNESSES, config.fitness.name))
     if config.searcher is not None:
         checks.append((SEARCHERS, config.searcher.name))
-    if config.method is not None:
-        checks.append((METHODS, config.method))
     checks += [(METHODS, name) for name in config.baselines]
     for registry, name in checks:
         try:
             registry.get(name)
         except UnknownNameError as error:
-            message = str(error)
-            if registry is METHODS and config.method != name:
-                message = message.replace("method:", "baselines:", 1)
-            raise ConfigError(message) from None
+            raise ConfigError(str(error).replace("method:", "baselines:", 1)) from None
+    if config.method is not None:
+        known = METHODS.names() + TRAINING_METHODS.names()
+        if config.method.name not in known:
+            raise ConfigError(
+                unknown_name_message("method.name", "method", config.method.name, known)
+            )
 
 
 # ------------------------------------------------------------------------- loop
@@ -236,6 +245,27 @@ def _figures(
     return figures
 
 
+def _run_method(
+    config: Config, task: Task, problem: Problem
+) -> tuple[Problem, MaskSet, dict[str, Any]]:
+    """Run the config's ``method``: a one-shot baseline on the problem's model, or a
+    training-time method, whose trained copy gets a problem of its own."""
+    assert config.method is not None
+    name, options = config.method.name, config.method.options
+    if name in METHODS:
+        if options:
+            raise ConfigError(f"method: {name!r} takes no settings, got {sorted(options)}")
+        return problem, METHODS.get(name)(problem), {}
+    cls = TRAINING_METHODS.get(name)
+    try:
+        params = cls.Params.model_validate(options)
+    except ValidationError as error:
+        raise ConfigError(describe_errors(error, "method", cls.Params, name)) from None
+    trained = cls(params, config.run.seed).run(problem)
+    trained_problem = build_problem(config, replace(task, model=trained.model))
+    return trained_problem, trained.masks, trained.info
+
+
 def finish(
     config: Config,
     task: Task,
@@ -245,17 +275,25 @@ def finish(
     out: Path,
     echo: Callable[[str], None],
     front: list[FrontMember] | None = None,
+    best_problem: Problem | None = None,
+    method_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score the best masks and the baselines on val and test; write the report."""
+    """Score the best masks and the baselines on val and test; write the report.
+
+    ``best_problem`` scores the best masks when they belong to another model than
+    ``problem``'s (a training-time method's trained copy); dense figures and baselines
+    always come from ``problem``'s original model.
+    """
     test = _test_split(task, problem.device)
     masks, evaluation = best
     masks.save(out / "best_masks.npz")
     dense_val = score_model(problem.model, problem.val, problem.task.loss)
     dense_test = score_model(problem.model, test, problem.task.loss) if test is not None else None
-    densities = {"best": problem.layer_density(masks)}
+    best_problem = best_problem or problem
+    densities = {"best": best_problem.layer_density(masks)}
     baselines: dict[str, dict[str, Any]] = {}
     for name in config.baselines:
-        if name == config.method:
+        if config.method is not None and name == config.method.name:
             continue
         baseline_masks = METHODS.get(name)(problem)
         baselines[name] = _figures(
@@ -266,7 +304,7 @@ def finish(
     summary = {
         "seed": config.run.seed,
         "task": config.task.name,
-        "method": config.method or (config.searcher.name if config.searcher else ""),
+        "method": config.method_name,
         "evaluations": state.evals,
         "unique_evaluations": sum(1 for row in history if not row.get("cached", False)),
         "wall_time_s": round(state.elapsed, 3),
@@ -276,11 +314,13 @@ def finish(
             "test_accuracy": dense_test.accuracy if dense_test else None,
         },
         "best": {
-            **_figures(config, problem, masks, evaluation, test),
+            **_figures(config, best_problem, masks, evaluation, test),
             "eval_index": state.best_index,
         },
         "baselines": baselines,
     }
+    if method_info:
+        summary["method_info"] = method_info
     if front:
         summary["pareto_front"] = write_front(
             front, out, f"{config.task.name}: val fitness vs cost"
@@ -321,8 +361,8 @@ def run(
         raise ConfigError(str(error)) from None
     if config.method is not None:
         started = time.perf_counter()
-        masks = METHODS.get(config.method)(problem)
-        evaluation = problem.score_masks(masks, config.method)
+        best_problem, masks, info = _run_method(config, task, problem)
+        evaluation = best_problem.score_masks(masks, config.method.name)
         state = LoopState(
             evals=1,
             elapsed=time.perf_counter() - started,
@@ -340,7 +380,17 @@ def run(
             )
             + "\n"
         )
-        return finish(config, task, problem, (masks, evaluation), state, out, echo)
+        return finish(
+            config,
+            task,
+            problem,
+            (masks, evaluation),
+            state,
+            out,
+            echo,
+            best_problem=best_problem,
+            method_info=info,
+        )
     try:
         searcher = build_searcher(config, problem)
         problem.space.exact = searcher.budget_mode == "exact"

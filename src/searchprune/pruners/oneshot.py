@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from searchprune.core.budget import Budget
 from searchprune.core.masks import MaskSet
 from searchprune.problem import Problem
 from searchprune.pruners.criteria import CRITERIA, channel_scores
@@ -36,18 +37,17 @@ def criterion_scores(problem: Problem, criterion: str) -> dict[str, Tensor]:
     return CRITERIA.get(criterion)(problem.model, prunable, problem.task)
 
 
-def _ratio_space(problem: Problem, scores: dict[str, Tensor]) -> LayerRatioSpace:
-    """A ``layer-ratios`` space over the problem's units, ranking by ``scores``."""
-    space = problem.space
-    if isinstance(space, LayerRatioSpace) and scores is problem.weight_scores:
-        return space
-    return LayerRatioSpace(problem.cost, problem.budget, scores, max_ratio=1.0)
-
-
 def global_masks(problem: Problem, criterion: str) -> MaskSet:
     """Remove the globally lowest-scored weights (or channels, by their mean weight score)
     until the budget is met: one threshold for the whole network."""
-    scores = criterion_scores(problem, criterion)
+    return global_masks_from_scores(problem, criterion_scores(problem, criterion))
+
+
+def global_masks_from_scores(
+    problem: Problem, scores: dict[str, Tensor], budget: Budget | None = None
+) -> MaskSet:
+    """One threshold on ``scores`` (weight-shaped, per prunable layer) across the network,
+    as low as ``budget`` (default: the problem's) allows."""
     units = problem.cost.units
     if problem.granularity == "weight":
         per_unit = [scores[unit.name].reshape(-1) for unit in units]
@@ -56,7 +56,7 @@ def global_masks(problem: Problem, criterion: str) -> MaskSet:
     flat = torch.cat(per_unit).numpy()
     owner = np.concatenate([np.full(len(s), u) for u, s in enumerate(per_unit)])
     owner_in_order = owner[np.argsort(flat, kind="stable")]
-    space = _ratio_space(problem, scores)
+    space = LayerRatioSpace(problem.cost, budget or problem.budget, scores, max_ratio=1.0)
 
     def removed(count: int) -> np.ndarray:
         return np.bincount(owner_in_order[:count], minlength=len(per_unit)).astype(np.float64)
@@ -73,7 +73,15 @@ def global_masks(problem: Problem, criterion: str) -> MaskSet:
 
 def layer_masks(problem: Problem, criterion: str) -> MaskSet:
     """Remove the same fraction of every layer (or channel group), lowest scores first."""
-    space = _ratio_space(problem, criterion_scores(problem, criterion))
+    return layer_masks_from_scores(problem, criterion_scores(problem, criterion))
+
+
+def layer_masks_from_scores(
+    problem: Problem, scores: dict[str, Tensor], budget: Budget | None = None
+) -> MaskSet:
+    """The same fraction of every unit removed, lowest ``scores`` first, at ``budget``
+    (default: the problem's)."""
+    space = LayerRatioSpace(problem.cost, budget or problem.budget, scores, max_ratio=1.0)
     removed = space.repairer.removed_counts(np.full((1, space.dim), 0.5), exact=True)
     return space.decode(removed[0] / problem.cost.sizes)
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from searchprune.config import describe_errors
 from searchprune.problem import Problem
 from searchprune.registry import Registry, SpecError
 from searchprune.space import Space
@@ -175,17 +176,7 @@ def make_searcher(
     try:
         validated = cls.Params.model_validate(params)
     except ValidationError as error:
-        lines = []
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"])
-            if item["type"] == "extra_forbidden":
-                valid = ", ".join(["name", *sorted(cls.Params.model_fields)])
-                lines.append(
-                    f"searcher.{key}: unknown key for searcher {name!r}; valid keys: {valid}"
-                )
-            else:
-                lines.append(f"searcher.{key}: {item['msg']} (got {item.get('input')!r})")
-        raise SpecError("invalid config:\n  " + "\n  ".join(lines)) from None
+        raise SpecError(describe_errors(error, "searcher", cls.Params, name)) from None
     try:
         return cls.create(space, validated, seed, problem)
     except ValueError as error:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from searchprune.tasks.base import Split
+from searchprune.tasks.base import LossFn, Split
 
 
 def _tensor_pair(data: tuple[Tensor, Tensor] | Split) -> tuple[Tensor, Tensor]:
@@ -29,7 +31,7 @@ def batch_indices(
     return torch.stack(rows[:steps])
 
 
-def train_model(
+def train_loop(
     model: nn.Module,
     train: tuple[Tensor, Tensor] | Split,
     *,
@@ -38,12 +40,17 @@ def train_model(
     batch_size: int,
     seed: int,
     weight_decay: float = 0.0,
+    loss: LossFn = F.cross_entropy,
+    penalty: Callable[[int], Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place with Adam on cross entropy and return it in eval mode.
+    """Train ``model`` in place with Adam and return it in eval mode.
 
     Each of the ``steps`` minibatches holds ``batch_size`` distinct samples; the data
     are reshuffled every epoch (incomplete last batches are dropped) by a generator
     seeded with ``seed``, so a run is reproducible given the model's initial weights.
+    ``penalty(step)`` is added to the loss (a regularizer); ``after_step(step)`` runs
+    after each optimizer step (re-applying masks, pruning on a schedule).
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps} and {batch_size}")
@@ -54,9 +61,36 @@ def train_model(
     batches = batch_indices(len(inputs), steps, batch_size, generator).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
-    for index in batches:
+    for step, index in enumerate(batches):
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(inputs[index]), targets[index])
-        loss.backward()
+        objective = loss(model(inputs[index]), targets[index])
+        if penalty is not None:
+            objective = objective + penalty(step)
+        objective.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step(step)
     return model.eval()
+
+
+def train_model(
+    model: nn.Module,
+    train: tuple[Tensor, Tensor] | Split,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    weight_decay: float = 0.0,
+) -> nn.Module:
+    """Train ``model`` in place with Adam on cross entropy (:func:`train_loop` with no
+    penalty or hook) and return it in eval mode."""
+    return train_loop(
+        model,
+        train,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        weight_decay=weight_decay,
+    )

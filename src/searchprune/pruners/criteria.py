@@ -37,3 +37,7 @@ def channel_scores(weight_scores: dict[str, Tensor], unit: Unit) -> Tensor:
         scores = weight_scores[name]
         total += scores.reshape(scores.shape[0], -1).mean(dim=1)
     return total
+
+
+# The gradient-based and data-free criteria register themselves when imported.
+from searchprune.pruners import saliency  # noqa: E402, F401

@@ -94,6 +94,19 @@ def trained_copy(problem: Problem) -> nn.Module:
     return copy.deepcopy(problem.model)
 
 
+def reinitialize(model: nn.Module, seed: int) -> nn.Module:
+    """Draw fresh initial weights for ``model`` in place: every module's
+    ``reset_parameters()`` under the global generator seeded with ``seed`` (its state
+    is restored afterwards), so the same seed gives the same ``θ_0``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return model
+
+
 def magnitude_scores(problem: Problem, model: nn.Module) -> dict[str, Tensor]:
     """``|w|`` of ``model``'s prunable layers (the problem's layer names)."""
     modules = dict(model.named_modules())
@@ -178,3 +191,7 @@ class GradualMagnitude(TrainingMethod):
         return TrainedPruning(
             model, masks, {"steps": total, "prune_from": first, "prune_until": last}
         )
+
+
+# The other training-time methods register themselves when imported.
+from searchprune.pruners import l0, lottery, targeted_dropout, variational  # noqa: E402, F401

@@ -85,3 +85,29 @@ def test_method_configs_run_training_methods_and_name_bad_settings(
     config.write_text(yaml.safe_dump(data))
     assert main(["run", str(config), "--out", str(tmp_path / "i")]) == 2
     assert "'magnitude-global' takes no settings" in capsys.readouterr().err
+
+
+BASELINE_CONFIGS = sorted(
+    (Path(__file__).resolve().parents[1] / "configs" / "baselines").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", BASELINE_CONFIGS, ids=lambda p: p.stem)
+def test_every_baseline_config_runs_and_meets_its_budget(tmp_path: Path, path: Path) -> None:
+    data = yaml.safe_load(path.read_text())
+    if isinstance(data["method"], dict):  # training-time: shortest run that still trains
+        data["method"].update(epochs=1)
+        if "rewind_epochs" in data["method"]:
+            data["method"].update(rewind_epochs=0, rounds=2)
+    data["run"] = {"progress": False}
+    data["baselines"] = []
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    assert main(["run", str(config), "--out", str(tmp_path / "run")]) == 0
+    best = json.loads((tmp_path / "run" / "summary.json").read_text())["best"]
+    ((kind, target),) = data["budget"].items()
+    if kind == "sparsity":
+        assert best["sparsity"] >= target - 1e-6
+    else:
+        assert best[f"{kind}_fraction"] <= target + 1e-6
+    assert 0.0 <= best["test_accuracy"] <= 1.0

@@ -152,3 +152,18 @@ def test_channels_last_conv_masking_matches_a_contiguous_reference() -> None:
             modules[name].weight.data.mul_(mask)  # type: ignore[union-attr]
         expected = -score_model(masked, problem.val).loss
         assert result.fitness == pytest.approx(expected, rel=1e-4)
+
+
+def test_a_pickled_problem_still_masks_its_own_model(digits_resnet_task: Task) -> None:
+    """Problems travel to Ray actors pickled: the applier must rebind to the copy's tensors."""
+    import pickle
+
+    problem = Problem(
+        digits_resnet_task, budget=Budget("flops", 0.5), fitness=accuracy, granularity="channel"
+    )
+    copy_ = pickle.loads(pickle.dumps(problem))
+    genomes = problem.space.repair(problem.space.sample(np.random.default_rng(3), 4))
+    expected = [r.fitness for r in problem.score(genomes, ["x"] * 4)]
+    assert [r.fitness for r in copy_.score(genomes, ["x"] * 4)] == expected
+    dense = score_model(problem.model, problem.val).accuracy
+    assert any(abs(f - dense) > 0.01 for f in expected), "masks must change the scores"

@@ -198,6 +198,22 @@ class MaskApplier:
         self._orders: dict[str, Tensor] = {}
         self._prefix: dict[str, int] = {}  # weight key -> k zeroed by apply_ranked
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle the dense copies only: the live tensors are the model's own, and must be
+        found again in the unpickled model (pickling would otherwise copy them apart)."""
+        state = self.__dict__.copy()
+        state["_tensors"] = {key: dense for key, (_, dense) in self._tensors.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        dense_copies = state.pop("_tensors")
+        self.__dict__.update(state)
+        self._tensors = {}
+        for key, dense in dense_copies.items():  # type: ignore[attr-defined]
+            module_name, _, attr = key.rpartition(".")
+            live = getattr(self.model.get_submodule(module_name), attr)
+            self._tensors[key] = (live.data, dense)
+
     def _set(self, key: str, mask: Tensor) -> None:
         live, dense = self._tensors[key]
         torch.mul(dense, mask.to(dense.device), out=live)

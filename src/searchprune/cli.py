@@ -32,7 +32,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.config:
         raise ConfigError("searchprune run needs a CONFIG file (or --resume RUN_DIR)")
-    config = load_config(args.config, args.set)
+    overrides = list(args.set)
+    if args.ray_address:
+        overrides += ["evaluator.name=ray", f"evaluator.address={args.ray_address}"]
+    config = load_config(args.config, overrides)
     out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     run(config, out)
     return 0
@@ -94,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint",
+    )
+    run_parser.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="evaluate on this Ray cluster (sets evaluator.name=ray)",
     )
     run_parser.set_defaults(handler=_run)
     compare_parser = commands.add_parser(

@@ -88,11 +88,18 @@ class MethodConfig(_Section):
 
 
 class EvaluatorConfig(_Section):
-    name: Literal["local"] = "local"
+    name: Literal["local", "ray"] = "local"
     device: str = "cpu"
     threads: int = Field(1, ge=1, description="torch threads; 1 is fastest for small models here")
     cache: bool = True
     channels_last: bool = Field(True, description="NHWC memory format for models with Conv2d")
+    actors: int = Field(2, ge=1, description="ray: actors holding the problem")
+    num_cpus: float = Field(1.0, gt=0, description="ray: CPUs per actor")
+    num_gpus: float = Field(0.0, ge=0, description="ray: GPUs per actor (fractions share a GPU)")
+    address: str | None = Field(
+        None, description="ray: cluster address (default RAY_ADDRESS or a local Ray)"
+    )
+    chunk: int | None = Field(None, ge=1, description="ray: genomes per call (default adaptive)")
 
 
 class RunConfig(_Section):

@@ -68,7 +68,21 @@ def build_searcher(config: Config, problem: Problem) -> Searcher:
 
 
 def build_evaluator(config: Config, problem: Problem) -> Evaluator:
-    return LocalEvaluator(problem, cache=config.evaluator.cache)
+    spec = config.evaluator
+    if spec.name == "local":
+        return LocalEvaluator(problem, cache=spec.cache)
+    from searchprune.evaluate.ray import RayEvaluator  # Ray loads only when asked for
+
+    return RayEvaluator(
+        problem,
+        actors=spec.actors,
+        num_cpus=spec.num_cpus,
+        num_gpus=spec.num_gpus,
+        threads=spec.threads,
+        address=spec.address,
+        chunk=spec.chunk,
+        cache=spec.cache,
+    )
 
 
 def check_names(config: Config) -> None:

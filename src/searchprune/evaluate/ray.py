@@ -1,0 +1,158 @@
+"""Ray evaluation: the problem resident in actors on any number of CPUs, GPUs and machines.
+
+The problem (model, data, space) is put in Ray's object store once with ``ray.put``;
+each actor fetches it once, when it starts. Per call only small numpy genome arrays
+travel, several at a time: the chunk size adapts so that one call takes about
+``target_seconds`` (one candidate per call is slower than serial here; dozens per call
+keep two actors busy). Results equal the local evaluator's for the same genomes.
+
+An actor that dies mid-run (a killed process, a lost node) is replaced and its chunks
+are run again, so no evaluation is lost and the run's result does not change.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+
+from searchprune.evaluate.base import Evaluator
+from searchprune.fitness import FitnessError
+from searchprune.problem import Evaluation, Problem
+
+
+class _ProblemActor:
+    """Holds one copy of the problem and scores chunks of genomes with it."""
+
+    def __init__(self, problem: Problem, threads: int, device: str | None) -> None:
+        torch.set_num_threads(threads)
+        if device is not None and device != str(problem.device):
+            raise ValueError("a problem cannot change device inside an actor")
+        self.problem = problem
+
+    def score(self, genomes: np.ndarray, labels: list[str]) -> tuple[list[Evaluation], float]:
+        start = time.perf_counter()
+        results = self.problem.score(np.array(genomes, copy=True), labels)  # store is read-only
+        return results, time.perf_counter() - start
+
+
+class RayEvaluator(Evaluator):
+    """Scores candidates in Ray actors; see the module docstring.
+
+    ``address`` is a Ray cluster address (``"auto"``, ``"127.0.0.1:6379"``); ``None``
+    uses ``RAY_ADDRESS`` when set, else starts a local Ray instance sized for the actors
+    (and stops it on :meth:`close`).
+    """
+
+    def __init__(
+        self,
+        problem: Problem,
+        *,
+        actors: int = 2,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        threads: int = 1,
+        address: str | None = None,
+        chunk: int | None = None,
+        target_seconds: float = 0.05,
+        cache: bool = True,
+    ) -> None:
+        super().__init__(problem, cache=cache)
+        self.chunk, self.target_seconds = chunk, target_seconds
+        self._seconds_per_eval: float | None = None
+        self._started_ray = False
+        if not ray.is_initialized():
+            self._connect(address or os.environ.get("RAY_ADDRESS"), actors, num_cpus)
+        self._options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
+        self._threads = threads
+        self._problem_ref = ray.put(problem)
+        self._actor_class = ray.remote(_ProblemActor)
+        self.actors = [self._new_actor() for _ in range(actors)]
+        self.replaced = 0
+
+    def _connect(self, address: str | None, actors: int, num_cpus: float) -> None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        # workers import searchprune and user plug-ins from the driver's path
+        runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+        if address:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        else:
+            ray.init(
+                address="local",  # a new instance, never a cluster left running
+                num_cpus=max(math.ceil(actors * num_cpus), 1),
+                include_dashboard=False,
+                runtime_env=runtime_env,
+                log_to_driver=False,
+            )
+        self._started_ray = True
+
+    def _new_actor(self) -> Any:
+        device = "cuda" if self._options["num_gpus"] > 0 else None
+        return self._actor_class.options(**self._options).remote(
+            self._problem_ref, self._threads, device
+        )
+
+    def _chunk_size(self, remaining: int) -> int:
+        if self.chunk is not None:
+            return self.chunk
+        if self._seconds_per_eval is None:
+            size = 4
+        else:
+            size = int(self.target_seconds / max(self._seconds_per_eval, 1e-6))
+        fair = math.ceil(remaining / len(self.actors))  # keep every actor busy
+        return max(1, min(size, fair, 256))
+
+    def _score(self, genomes: np.ndarray, labels: list[str]) -> list[Evaluation]:
+        pending: deque[tuple[int, int]] = deque()
+        start = 0
+        while start < len(genomes):
+            size = self._chunk_size(len(genomes) - start)
+            pending.append((start, min(start + size, len(genomes))))
+            start += size
+        results: list[Evaluation | None] = [None] * len(genomes)
+        running: dict[Any, tuple[int, tuple[int, int]]] = {}
+        idle = list(range(len(self.actors)))
+        while pending or running:
+            while pending and idle:
+                index, (a, b) = idle.pop(), pending.popleft()
+                future = self.actors[index].score.remote(genomes[a:b], labels[a:b])
+                running[future] = (index, (a, b))
+            done, _ = ray.wait(list(running), num_returns=1)
+            index, (a, b) = running.pop(done[0])
+            try:
+                chunk_results, seconds = ray.get(done[0])
+            except RayActorError:  # the actor died: replace it, run its chunk again
+                self.actors[index] = self._new_actor()
+                self.replaced += 1
+                pending.appendleft((a, b))
+            except RayTaskError as error:
+                cause = error.cause if isinstance(error.cause, Exception) else error
+                if isinstance(cause, FitnessError):
+                    raise FitnessError(str(cause)) from None
+                raise
+            else:
+                results[a:b] = chunk_results
+                per_eval = seconds / max(b - a, 1)
+                previous = self._seconds_per_eval
+                self._seconds_per_eval = (
+                    per_eval if previous is None else 0.7 * previous + 0.3 * per_eval
+                )
+            idle.append(index)
+        assert all(result is not None for result in results)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False

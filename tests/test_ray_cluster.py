@@ -1,0 +1,99 @@
+"""A real two-node Ray cluster on loopback, started with ``ray start``.
+
+Kept apart from ``test_ray.py``: ``ray stop`` ends every Ray process on the machine, and a
+driver whose local Ray goes away exits, so no in-process Ray may be alive here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def _ray(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "ray"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _searchprune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "searchprune"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(shutil.which("ray", path=str(BIN)) is None, reason="ray CLI not installed")
+def test_run_on_a_two_node_loopback_cluster(tmp_path: Path) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    head = _ray(
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={port}",
+        "--num-cpus=1",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        env=env,
+    )
+    try:
+        assert head.returncode == 0, head.stderr
+        worker = _ray(
+            "start",
+            f"--address=127.0.0.1:{port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            env=env,
+        )
+        assert worker.returncode == 0, worker.stderr
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "task": "digits-mlp",
+                    "budget": {"sparsity": 0.9},
+                    "searcher": {"name": "ga", "population": 16},
+                    "evaluator": {"actors": 2},
+                    "run": {"max_evals": 64, "progress": False},
+                }
+            )
+        )
+        out = tmp_path / "cluster"
+        result = _searchprune(
+            "run", str(config), "--out", str(out), "--ray-address", f"127.0.0.1:{port}", env=env
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["evaluations"] == 64 and summary["best"]["sparsity"] >= 0.9 - 1e-6
+        local = tmp_path / "local"
+        assert _searchprune("run", str(config), "--out", str(local), env=env).returncode == 0
+        assert json.loads((local / "summary.json").read_text())["best"] == summary["best"]
+    finally:
+        _ray("stop", env=env)

@@ -36,6 +36,7 @@ from searchprune.config import Config, ConfigError, validate_config
 from searchprune.pruners.oneshot import METHODS
 from searchprune.pruners.training import TRAINING_METHODS
 from searchprune.registry import unknown_name_message
+from searchprune.report import save_figure
 from searchprune.runner import CHECKPOINT, run
 from searchprune.search import SEARCHERS
 
@@ -212,13 +213,13 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     paths = []
     for task in sorted({row["task"] for row in rows}):
         figure, axes = plt.subplots(figsize=(6.4, 4.2))
+        kind = next(row["budget"].split()[0] for row in rows if row["task"] == task)
         for method in sorted({row["method"] for row in rows}):
             points = sorted(
                 (
                     float(row["budget"].split()[1]),
                     row["test_accuracy"],
                     row["test_accuracy_std"],
-                    row["budget"].split()[0],
                 )
                 for row in rows
                 if row["task"] == task and row["method"] == method
@@ -232,16 +233,16 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                     capsize=3,
                     label=method,
                 )
-                axes.set_xlabel(points[0][3])
-        axes.set_ylabel("test accuracy (no fine-tuning)")
-        axes.set_title(f"{task}: test accuracy vs budget (mean ± std over seeds)")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
-        figure.tight_layout()
-        path = out / f"accuracy_vs_budget_{task}.png"
-        figure.savefig(path, dpi=110)
-        plt.close(figure)
-        paths.append(path)
+        paths.append(
+            save_figure(
+                figure,
+                axes,
+                out / f"accuracy_vs_budget_{task}.png",
+                title=f"{task}: test accuracy vs budget (mean ± std over seeds)",
+                xlabel=kind,
+                ylabel="test accuracy (no fine-tuning)",
+            )
+        )
     return paths
 
 
@@ -261,16 +262,16 @@ def plot_fronts(cells: list[Cell], out: Path) -> list[Path]:
                 "o-",
                 label=f"{kind} {value}",
             )
-        axes.set_xlabel("cost kept (fraction of dense)")
-        axes.set_ylabel("val fitness")
-        axes.set_title(f"{task}: NSGA-II Pareto fronts")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
-        figure.tight_layout()
-        target = out / f"pareto_{task}.png"
-        figure.savefig(target, dpi=110)
-        plt.close(figure)
-        paths.append(target)
+        paths.append(
+            save_figure(
+                figure,
+                axes,
+                out / f"pareto_{task}.png",
+                title=f"{task}: NSGA-II Pareto fronts",
+                xlabel="cost kept (fraction of dense)",
+                ylabel="val fitness",
+            )
+        )
     return paths
 
 

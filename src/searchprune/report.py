@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 
@@ -13,6 +13,8 @@ from searchprune.search.base import FrontMember
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -28,6 +30,32 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+LegendPlace = Literal["best", "upper left", "lower right"]
+
+
+def save_figure(
+    figure: Figure,
+    axes: Axes,
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    legend: LegendPlace | None = "best",
+) -> Path:
+    """Label, grid, legend (``None``: none), save as PNG at ``path`` and close."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if legend is not None:
+        axes.legend(loc=legend, fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def plot_fitness(history: list[dict[str, Any]], path: Path, title: str) -> None:
     """Fitness of every evaluation and the best so far, against evaluations."""
     scored = [row for row in history if row.get("fitness") is not None]
@@ -37,14 +65,15 @@ def plot_fitness(history: list[dict[str, Any]], path: Path, title: str) -> None:
     evals = [row["eval"] for row in scored]
     axes.scatter(evals, [row["fitness"] for row in scored], s=4, alpha=0.35, label="candidate")
     axes.plot(evals, [row["best"] for row in scored], color="C3", label="best so far")
-    axes.set_xlabel("evaluations")
-    axes.set_ylabel("val fitness")
-    axes.set_title(title)
-    axes.legend(loc="lower right")
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(
+        figure,
+        axes,
+        path,
+        title=title,
+        xlabel="evaluations",
+        ylabel="val fitness",
+        legend="lower right",
+    )
 
 
 def plot_layer_sparsity(
@@ -61,14 +90,16 @@ def plot_layer_sparsity(
         axes.bar(positions, removed, width=width, label=method)
     axes.set_xticks(range(len(layers)))
     axes.set_xticklabels(layers, rotation=30, ha="right")
-    axes.set_ylabel("fraction of weights removed")
     axes.set_ylim(0, 1)
-    axes.set_title(title)
-    axes.legend(loc="upper left", fontsize="small")
-    axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(
+        figure,
+        axes,
+        path,
+        title=title,
+        xlabel="layer",
+        ylabel="fraction of weights removed",
+        legend="upper left",
+    )
 
 
 def write_front(front: Sequence[FrontMember], out: Path, title: str) -> list[dict[str, float]]:
@@ -86,13 +117,15 @@ def write_front(front: Sequence[FrontMember], out: Path, title: str) -> list[dic
     )
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
     axes.plot([m.cost for m in front], [m.fitness for m in front], "o-", color="C2")
-    axes.set_xlabel("cost (fraction of the dense model kept)")
-    axes.set_ylabel("val fitness")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(out / "pareto_front.png", dpi=110)
-    plt.close(figure)
+    save_figure(
+        figure,
+        axes,
+        out / "pareto_front.png",
+        title=title,
+        xlabel="cost (fraction of the dense model kept)",
+        ylabel="val fitness",
+        legend=None,
+    )
     return members
 
 

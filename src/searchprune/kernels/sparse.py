@@ -1,0 +1,190 @@
+"""``sparsify``: run pruned Linear and Conv layers on sparse CSR or BSR kernels.
+
+On CPU the fast route is a sparse weight on the *left* of the transposed input,
+``torch.addmm(bias[:, None], W_sparse, x.T).T`` (``F.linear`` with a CSR weight was
+several times slower at batch > 1 here). Convolutions unfold their input (im2col) and
+take the same route. Converting to a sparse format costs more than a dense forward pass,
+so sparse layers are for the final model and latency measurement, not per candidate.
+
+``format="auto"`` times every layer on its own input shape at the target batch size,
+dense against CSR and BSR, and keeps the fastest.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from functools import partial
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from searchprune.core.masks import MaskSet
+
+Format = Literal["dense", "csr", "bsr", "auto"]
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _to_sparse(weight: Tensor, kind: str, blocksize: int) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        if kind == "csr":
+            return weight.to_sparse_csr()
+        return weight.to_sparse_bsr((blocksize, blocksize))
+
+
+class SparseLinear(nn.Module):
+    """A Linear layer whose weight is stored and multiplied in CSR or BSR form."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+    def __init__(self, layer: nn.Linear, kind: str, blocksize: int = 16) -> None:
+        super().__init__()
+        self.kind, self.in_features, self.out_features = kind, layer.in_features, layer.out_features
+        self.register_buffer("weight", _to_sparse(layer.weight.detach(), kind, blocksize))
+        bias = layer.bias.detach().clone() if layer.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, self.in_features).T
+        if self.bias is None:
+            out = torch.sparse.mm(self.weight, flat)
+        else:
+            out = torch.addmm(self.bias[:, None], self.weight, flat)
+        return out.T.reshape(*x.shape[:-1], self.out_features)
+
+
+class SparseConv(nn.Module):
+    """A Conv1d/Conv2d layer run as im2col followed by a sparse matrix product."""
+
+    weight: Tensor
+    bias: Tensor | None
+
+    def __init__(self, layer: nn.Conv1d | nn.Conv2d, kind: str, blocksize: int = 16) -> None:
+        super().__init__()
+        if layer.groups != 1 or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            raise ValueError("sparse convolutions support groups=1 and numeric zero padding")
+        self.kind, self.one_d = kind, isinstance(layer, nn.Conv1d)
+        pad = tuple(layer.padding)
+        self.kernel = (1, *layer.kernel_size) if self.one_d else tuple(layer.kernel_size)
+        self.stride = (1, *layer.stride) if self.one_d else tuple(layer.stride)
+        self.padding = (0, *pad) if self.one_d else pad
+        self.dilation = (1, *layer.dilation) if self.one_d else tuple(layer.dilation)
+        self.out_channels = layer.out_channels
+        matrix = layer.weight.detach().reshape(layer.out_channels, -1)
+        self.register_buffer("weight", _to_sparse(matrix.contiguous(), kind, blocksize))
+        bias = layer.bias.detach().clone() if layer.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        images = x.unsqueeze(2) if self.one_d else x
+        columns = F.unfold(images, self.kernel, self.dilation, self.padding, self.stride)
+        batch, rows, positions = columns.shape
+        flat = columns.permute(1, 0, 2).reshape(rows, batch * positions)
+        if self.bias is None:
+            out = torch.sparse.mm(self.weight, flat)
+        else:
+            out = torch.addmm(self.bias[:, None], self.weight, flat)
+        out = out.reshape(self.out_channels, batch, positions).permute(1, 0, 2)
+        span = self.dilation[0] * (self.kernel[0] - 1) + 1
+        height = (images.shape[2] + 2 * self.padding[0] - span) // self.stride[0] + 1
+        result = out.reshape(batch, self.out_channels, height, -1)
+        return result.squeeze(2) if self.one_d else result
+
+
+def _sparse_layer(layer: nn.Module, kind: str, blocksize: int) -> nn.Module:
+    if kind == "dense":
+        return layer
+    if isinstance(layer, nn.Linear):
+        return SparseLinear(layer, kind, blocksize)
+    assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
+    return SparseConv(layer, kind, blocksize)
+
+
+def median_latency(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn`` in seconds, after ``warmup`` calls (no grad)."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _fastest(layer: nn.Module, example: Tensor, blocksize: int, repeats: int) -> str:
+    timings = {}
+    for kind in ("dense", "csr", "bsr"):
+        try:
+            candidate = _sparse_layer(layer, kind, blocksize)
+        except (RuntimeError, ValueError):
+            continue  # e.g. BSR blocks that do not tile the weight
+        timings[kind] = median_latency(partial(candidate, example), repeats=repeats)
+    return min(timings, key=timings.__getitem__)
+
+
+def _layer_inputs(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
+    inputs: dict[str, Tensor] = {}
+
+    def recorder(name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
+        def record(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> None:
+            inputs.setdefault(name, args[0].detach())
+
+        return record
+
+    handles = [
+        module.register_forward_hook(recorder(name))
+        for name, module in model.named_modules()
+        if isinstance(module, _LAYERS)
+    ]
+    with torch.inference_mode():
+        model(example)
+    for handle in handles:
+        handle.remove()
+    return inputs
+
+
+def sparsify(
+    model: nn.Module,
+    example: Tensor,
+    *,
+    masks: MaskSet | None = None,
+    format: Format = "auto",
+    blocksize: int = 16,
+    repeats: int = 10,
+    layers: list[str] | None = None,
+) -> tuple[nn.Module, dict[str, str]]:
+    """A copy of ``model`` (with ``masks`` applied, if given) whose Linear/Conv layers run
+    on the chosen kernels, and the kernel each layer got.
+
+    ``example`` is an input batch at the target batch size and device (``auto`` times
+    each layer on it); ``layers`` limits the swap to those names (default: every Linear
+    and Conv layer).
+    """
+    sparse_model = copy.deepcopy(model).eval()
+    if masks is not None:
+        with torch.no_grad():
+            for name in masks.layer_names():
+                module = sparse_model.get_submodule(name)
+                if isinstance(module, _LAYERS):
+                    module.weight.mul_(masks.weight_mask(name, tuple(module.weight.shape)))
+    inputs = _layer_inputs(sparse_model, example)
+    chosen: dict[str, str] = {}
+    for name, layer_input in inputs.items():
+        if layers is not None and name not in layers:
+            continue
+        module = sparse_model.get_submodule(name)
+        kind = _fastest(module, layer_input, blocksize, repeats) if format == "auto" else format
+        chosen[name] = kind
+        parent_name, _, child = name.rpartition(".")
+        parent = sparse_model.get_submodule(parent_name) if parent_name else sparse_model
+        setattr(parent, child, _sparse_layer(module, kind, blocksize))
+    return sparse_model, chosen

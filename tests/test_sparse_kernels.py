@@ -51,3 +51,11 @@ def test_sparse_models_equal_the_masked_model(
 def test_sparse_conv_rejects_grouped_convolutions() -> None:
     with pytest.raises(ValueError, match="groups=1"):
         SparseConv(nn.Conv2d(4, 4, 3, groups=2), "csr")
+
+
+def test_a_bare_layer_is_swapped_too() -> None:
+    layer = nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    model, chosen = sparsify(layer, x, format="csr")
+    assert isinstance(model, SparseLinear) and chosen == {"": "csr"}
+    torch.testing.assert_close(model(x), layer(x), rtol=1e-4, atol=1e-5)

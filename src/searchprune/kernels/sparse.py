@@ -184,7 +184,9 @@ def sparsify(
         module = sparse_model.get_submodule(name)
         kind = _fastest(module, layer_input, blocksize, repeats) if format == "auto" else format
         chosen[name] = kind
+        replacement = _sparse_layer(module, kind, blocksize)
+        if not name:  # the model is itself a single layer
+            return replacement, chosen
         parent_name, _, child = name.rpartition(".")
-        parent = sparse_model.get_submodule(parent_name) if parent_name else sparse_model
-        setattr(parent, child, _sparse_layer(module, kind, blocksize))
+        setattr(sparse_model.get_submodule(parent_name), child, replacement)
     return sparse_model, chosen

@@ -20,10 +20,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from searchprune.core.budget import Budget
-from searchprune.core.masks import MaskSet
+from searchprune.core.masks import MaskSet, apply_masks
 from searchprune.problem import Problem
 from searchprune.pruners.oneshot import global_masks_from_scores
-from searchprune.pruners.training import apply_masks
 from searchprune.pruners.variational import SparseVD, SparseVDParams, threshold_keep
 from searchprune.tasks.base import score_model
 from searchprune.tasks.builtin import load_builtin_task

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost(ray_evaluator: RayEvalua
     expected = [r.fitness for r in LocalEvaluator(problem, cache=False).evaluate(genomes)]
     replaced = ray_evaluator.replaced
     ray.kill(ray_evaluator.actors[0])
+    time.sleep(1.0)  # let the kill land before the next chunk is sent
     results = ray_evaluator.evaluate(genomes)
     assert [r.fitness for r in results] == expected
     assert ray_evaluator.replaced == replaced + 1

@@ -1,4 +1,4 @@
-"""The ``searchprune`` command line: ``run``, ``compare`` and ``list``.
+"""The ``searchprune`` command line: ``run``, ``compare``, ``export`` and ``list``.
 
 Exit status: 0 on success, 2 on a config or usage error (the message names the key and
 the fix), 1 on a failure while running.
@@ -47,6 +47,17 @@ def _compare(args: argparse.Namespace) -> int:
     data = read_config_data(args.config, args.set)
     out = args.out or Path("runs") / f"compare-{Path(args.config).stem}"
     compare(data, out)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from searchprune.export import export_run
+
+    try:
+        path = export_run(args.run_dir, args.format, args.out)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    print(f"wrote {path}")
     return 0
 
 
@@ -121,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="output directory (default runs/compare-<config>); reruns reuse finished runs",
     )
     compare_parser.set_defaults(handler=_compare)
+    export_parser = commands.add_parser("export", help="write a run's best model to a file")
+    export_parser.add_argument("run_dir", type=Path, help="a finished run directory")
+    export_parser.add_argument(
+        "--format", required=True, choices=["compact", "sparse", "masked", "torch-prune"]
+    )
+    export_parser.add_argument(
+        "--out", type=Path, help="file to write (default RUN_DIR/model-FORMAT.pt)"
+    )
+    export_parser.set_defaults(handler=_export)
     list_parser = commands.add_parser(
         "list", help="list tasks, searchers, methods, criteria, fitness"
     )

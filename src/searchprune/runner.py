@@ -55,6 +55,7 @@ from searchprune.search.base import FrontMember
 from searchprune.tasks.base import Split, Task, score_model
 
 CHECKPOINT = "checkpoint.pkl"
+TRAINED_MODEL = "trained_model.pt"
 HISTORY = "history.jsonl"
 
 
@@ -376,6 +377,8 @@ def run(
     if config.method is not None:
         started = time.perf_counter()
         best_problem, masks, info = _run_method(config, task, problem)
+        if best_problem is not problem:  # keep the trained weights the masks belong to
+            torch.save(best_problem.model.state_dict(), out / TRAINED_MODEL)
         evaluation = best_problem.score_masks(masks, config.method.name)
         state = LoopState(
             evals=1,

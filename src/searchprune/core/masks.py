@@ -301,3 +301,21 @@ class MaskApplier:
             yield self.model
         finally:
             self.restore()
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: MaskSet) -> None:
+    """Zero in ``model`` what ``masks`` removes (weights, and biases/BatchNorm affine of
+    removed channels), permanently."""
+    modules = dict(model.named_modules())
+    for name in masks.layer_names():
+        module = modules[name]
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, Tensor) and name not in masks.channels:
+            weight.mul_(masks.weight_mask(name, tuple(weight.shape)).to(weight.device))
+        if name in masks.channels:
+            keep = masks.channels[name].to(weight.device if weight is not None else "cpu")
+            for attr in ("weight", "bias"):
+                tensor = getattr(module, attr, None)
+                if isinstance(tensor, Tensor):
+                    tensor.mul_(keep.view(-1, *([1] * (tensor.dim() - 1))))

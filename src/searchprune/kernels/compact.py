@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from searchprune.core.graph import DependencyGraph
 from searchprune.core.layers import LayerInfo
-from searchprune.core.masks import MaskApplier, MaskSet
+from searchprune.core.masks import MaskSet, apply_masks
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -114,10 +114,7 @@ def compact(
     if not graph.traced:
         raise ValueError("compact needs a traced dependency graph; this model could not be traced")
     masked = copy.deepcopy(model).eval()
-    names = [layer.name for layer in layers]
-    norms = [n for group in graph.groups for n in group.norms]
-    applier = MaskApplier(masked, names, norms)
-    applier.apply(masks)  # baked into the copy for good: the applier is dropped unrestored
+    apply_masks(masked, masks)
     alive = _alive_channels(masks, layers, graph)
     for layer in layers:
         module = masked.get_submodule(layer.name)

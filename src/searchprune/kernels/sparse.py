@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from searchprune.core.masks import MaskSet
+from searchprune.core.masks import MaskSet, apply_masks
 
 Format = Literal["dense", "csr", "bsr", "auto"]
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -171,11 +171,7 @@ def sparsify(
     """
     sparse_model = copy.deepcopy(model).eval()
     if masks is not None:
-        with torch.no_grad():
-            for name in masks.layer_names():
-                module = sparse_model.get_submodule(name)
-                if isinstance(module, _LAYERS):
-                    module.weight.mul_(masks.weight_mask(name, tuple(module.weight.shape)))
+        apply_masks(sparse_model, masks)
     inputs = _layer_inputs(sparse_model, example)
     chosen: dict[str, str] = {}
     for name, layer_input in inputs.items():

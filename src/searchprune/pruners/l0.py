@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from searchprune.core.budget import Budget
+from searchprune.core.masks import apply_masks
 from searchprune.core.units import CostModel, Unit
 from searchprune.problem import Problem
 from searchprune.pruners.oneshot import global_masks_from_scores
@@ -28,7 +29,6 @@ from searchprune.pruners.training import (
     TrainedPruning,
     TrainingMethod,
     TrainingParams,
-    apply_masks,
     trained_copy,
 )
 

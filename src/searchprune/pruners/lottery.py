@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from searchprune.core.budget import Budget
-from searchprune.core.masks import MaskSet
+from searchprune.core.masks import MaskSet, apply_masks
 from searchprune.problem import Problem
 from searchprune.pruners.oneshot import global_masks_from_scores
 from searchprune.pruners.training import (
@@ -28,7 +28,6 @@ from searchprune.pruners.training import (
     TrainedPruning,
     TrainingMethod,
     TrainingParams,
-    apply_masks,
     magnitude_scores,
     reinitialize,
     trained_copy,

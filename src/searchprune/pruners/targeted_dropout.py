@@ -30,6 +30,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from searchprune.core.masks import apply_masks
 from searchprune.problem import Problem
 from searchprune.pruners.oneshot import global_masks_from_scores
 from searchprune.pruners.training import (
@@ -37,7 +38,6 @@ from searchprune.pruners.training import (
     TrainedPruning,
     TrainingMethod,
     TrainingParams,
-    apply_masks,
     magnitude_scores,
     reinitialize,
     trained_copy,

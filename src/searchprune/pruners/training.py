@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from searchprune.core.budget import Budget
-from searchprune.core.masks import MaskSet
+from searchprune.core.masks import MaskSet, apply_masks
 from searchprune.problem import Problem
 from searchprune.pruners.oneshot import global_masks_from_scores, layer_masks_from_scores
 from searchprune.registry import Registry
@@ -115,24 +115,6 @@ def magnitude_scores(problem: Problem, model: nn.Module) -> dict[str, Tensor]:
         for layer in problem.layers
         if layer.prunable
     }
-
-
-@torch.no_grad()
-def apply_masks(model: nn.Module, masks: MaskSet) -> None:
-    """Zero in ``model`` what ``masks`` removes (weights, and biases/BatchNorm affine of
-    removed channels), permanently."""
-    modules = dict(model.named_modules())
-    for name in masks.layer_names():
-        module = modules[name]
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, Tensor) and name not in masks.channels:
-            weight.mul_(masks.weight_mask(name, tuple(weight.shape)).to(weight.device))
-        if name in masks.channels:
-            keep = masks.channels[name].to(weight.device if weight is not None else "cpu")
-            for attr in ("weight", "bias"):
-                tensor = getattr(module, attr, None)
-                if isinstance(tensor, Tensor):
-                    tensor.mul_(keep.view(-1, *([1] * (tensor.dim() - 1))))
 
 
 def scaled_budget(budget: Budget, progress: float) -> Budget | None:

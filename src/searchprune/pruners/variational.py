@@ -29,6 +29,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from searchprune.core.masks import apply_masks
 from searchprune.problem import Problem
 from searchprune.pruners.oneshot import global_masks_from_scores
 from searchprune.pruners.training import (
@@ -36,7 +37,6 @@ from searchprune.pruners.training import (
     TrainedPruning,
     TrainingMethod,
     TrainingParams,
-    apply_masks,
     trained_copy,
 )
 

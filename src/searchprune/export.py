@@ -1,0 +1,92 @@
+"""``searchprune export``: a finished run's best pruned model as a file anyone can load.
+
+Formats:
+
+- ``compact``: the physically smaller dense model (:func:`searchprune.kernels.compact`),
+  as TorchScript: ``torch.jit.load(path)`` runs it, no searchprune needed.
+- ``sparse``: the masked model with each Linear/Conv layer on the fastest of dense, CSR
+  and BSR kernels at the export batch size (:func:`searchprune.kernels.sparsify`), as
+  TorchScript.
+- ``masked``: the original architecture with the masks applied (zeros kept), as
+  TorchScript.
+- ``torch-prune``: the masked model's ``state_dict`` in ``torch.nn.utils.prune``'s layout
+  (``weight_orig`` and ``weight_mask`` per pruned layer), for a user who has the
+  architecture: apply ``prune.identity`` to those layers, then ``load_state_dict``.
+
+Every export is checked against the masked model on a val batch before it is written.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from searchprune.assemble import build_problem, build_task
+from searchprune.core.masks import MaskSet
+from searchprune.kernels import compact, sparsify
+from searchprune.problem import Problem
+from searchprune.runner import TRAINED_MODEL, load_run_config
+
+FORMATS = ("compact", "sparse", "masked", "torch-prune")
+
+
+def load_run_problem(run_dir: Path) -> tuple[Problem, MaskSet]:
+    """The problem of a finished run (with a training-time method's trained weights) and
+    its best masks."""
+    config = load_run_config(run_dir)
+    task = build_task(config)
+    if (run_dir / TRAINED_MODEL).exists():
+        task.model.load_state_dict(torch.load(run_dir / TRAINED_MODEL, weights_only=True))
+    problem = build_problem(config, task)
+    return problem, MaskSet.load(run_dir / "best_masks.npz")
+
+
+def _exported_module(
+    scored: nn.Module, problem: Problem, masks: MaskSet, fmt: str, batch: torch.Tensor
+) -> nn.Module:
+    """``scored`` is a copy of the model as the run scored it: masked, and with BatchNorm
+    recalibrated when the run recalibrated it."""
+    if fmt == "compact":
+        return compact(scored, masks, problem.layers, problem.graph)
+    if fmt == "sparse":
+        return sparsify(scored, batch, masks=masks, format="auto")[0]
+    if fmt == "torch-prune":
+        masks.to_torch_prune(scored)
+    return scored
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """Write the run's best model in format ``fmt``; return the file written.
+
+    :raises ValueError: for an unknown format, or an export that does not reproduce the
+        masked model's outputs.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    problem, masks = load_run_problem(run_dir)
+    target = Path(out) if out else run_dir / f"model-{fmt}.pt"
+    batch = problem.val.first_batch()[0]
+    with problem.masked(masks) as scored:
+        copy_of_scored = copy.deepcopy(scored)
+        with torch.inference_mode():
+            expected = scored(batch)
+    module = _exported_module(copy_of_scored, problem, masks, fmt, batch).eval()
+    with torch.inference_mode():
+        if fmt == "torch-prune":
+            _check(module(batch), expected, fmt)
+            torch.save(module.state_dict(), target)
+            return target
+        traced = torch.jit.trace(module, batch[:1])
+        _check(traced(batch), expected, fmt)
+    torch.jit.save(traced, str(target))
+    return target
+
+
+def _check(got: torch.Tensor, expected: torch.Tensor, fmt: str) -> None:
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4):
+        worst = float((got - expected).abs().max())
+        raise ValueError(f"the {fmt} export differs from the masked model (max |diff| {worst:.2e})")

@@ -127,7 +127,7 @@ def call_fitness(
     :raises FitnessError: naming ``candidate`` when ``fn`` raises or returns a value that
         is not a finite number.
     """
-    name = getattr(fn, "__name__", repr(fn))
+    name = getattr(fn, "__name__", None) or type(fn).__name__
     try:
         value = fn(ctx)
     except Exception as error:

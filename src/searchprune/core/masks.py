@@ -196,6 +196,7 @@ class MaskApplier:
                     self._tensors[f"{name}.{attr}"] = (tensor.data, tensor.detach().clone())
         self._touched: set[str] = set()
         self._orders: dict[str, Tensor] = {}
+        self._views: dict[str, tuple[Tensor, Tensor]] = {}
         self._prefix: dict[str, int] = {}  # weight key -> k zeroed by apply_ranked
 
     def __getstate__(self) -> dict[str, object]:
@@ -203,6 +204,7 @@ class MaskApplier:
         found again in the unpickled model (pickling would otherwise copy them apart)."""
         state = self.__dict__.copy()
         state["_tensors"] = {key: dense for key, (_, dense) in self._tensors.items()}
+        state["_views"] = {}  # views of the live tensors are made again after unpickling
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -233,27 +235,36 @@ class MaskApplier:
         :meth:`set_orders`) and undo everything else; equal to :meth:`apply` with the
         matching masks, but writes only what changed since the previous call."""
         keys = {f"{name}.weight" for name in removed}
-        for key in self._touched - keys:
-            live, dense = self._tensors[key]
-            live.copy_(dense)
-            self._prefix.pop(key, None)
-        self._touched &= keys
+        if not self._touched <= keys:
+            for key in self._touched - keys:
+                live, dense = self._tensors[key]
+                live.copy_(dense)
+                self._prefix.pop(key, None)
+            self._touched &= keys
         for name, count in removed.items():
             key = f"{name}.weight"
-            live, dense = self._tensors[key]
+            flat, dense_flat = self._flat_views(key)
             current = self._prefix.get(key)
             if current is None:
                 if key in self._touched:
-                    live.copy_(dense)
+                    flat.copy_(dense_flat)
                 current = 0
-            order, flat = self._orders[key], _memory_view(live)
+            order = self._orders[key]
             if count > current:
                 flat.index_fill_(0, order[current:count], 0.0)
             elif count < current:
                 back = order[count:current]
-                flat.index_copy_(0, back, _memory_view(dense).index_select(0, back))
+                flat.index_copy_(0, back, dense_flat.index_select(0, back))
             self._prefix[key] = count
             self._touched.add(key)
+
+    def _flat_views(self, key: str) -> tuple[Tensor, Tensor]:
+        """1-D memory-order views of a weight and its dense copy (made once, then kept)."""
+        views = self._views.get(key)
+        if views is None:
+            live, dense = self._tensors[key]
+            views = self._views[key] = (_memory_view(live), _memory_view(dense))
+        return views
 
     def apply(self, masks: MaskSet) -> None:
         """Zero what ``masks`` removes, undoing any previous mask first.

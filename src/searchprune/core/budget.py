@@ -46,9 +46,6 @@ class Budget:
             return value >= self.target - TOLERANCE
         return value <= self.target + TOLERANCE
 
-    def as_dict(self) -> dict[str, float]:
-        return {self.kind: self.target}
-
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, float]) -> Budget:
         if len(mapping) != 1:

@@ -57,14 +57,6 @@ def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
     return keep.reshape(scores.shape)
 
 
-def split_nm(granularity: str) -> tuple[int, int]:
-    """``"2:4"`` -> ``(2, 4)``."""
-    match = _NM.match(granularity)
-    if match is None:
-        raise ValueError(f"{granularity!r} is not an n:m granularity such as 2:4")
-    return int(match.group(1)), int(match.group(2))
-
-
 class MaskSet:
     """Boolean keep-masks (True = kept) for prunable layers, plus channel masks for norms.
 

@@ -7,7 +7,7 @@ dependency graph). This is what a physically compacted model would drop.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -28,9 +28,6 @@ class MaskStats:
     flops: int
     params: int
     layer_density: dict[str, float]
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def _input_alive(

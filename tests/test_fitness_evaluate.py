@@ -167,3 +167,21 @@ def test_a_pickled_problem_still_masks_its_own_model(digits_resnet_task: Task) -
     assert [r.fitness for r in copy_.score(genomes, ["x"] * 4)] == expected
     dense = score_model(problem.model, problem.val).accuracy
     assert any(abs(f - dense) > 0.01 for f in expected), "masks must change the scores"
+
+
+def test_moving_a_problem_keeps_its_scores(digits_resnet_task: Task) -> None:
+    problem = Problem(digits_resnet_task, budget=Budget("flops", 0.5), granularity="channel")
+    genomes = problem.space.repair(problem.space.sample(np.random.default_rng(4), 3))
+    before = [r.fitness for r in problem.score(genomes, ["x"] * 3)]
+    assert problem.to("cpu") is problem
+    assert [r.fitness for r in problem.score(genomes, ["x"] * 3)] == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_problem_scores_the_same_on_a_gpu(digits_mlp_task: Task) -> None:
+    problem = Problem(digits_mlp_task, budget=Budget("sparsity", 0.9))
+    genomes = problem.space.repair(problem.space.sample(np.random.default_rng(5), 8))
+    on_cpu = [r.fitness for r in problem.score(genomes, ["x"] * 8)]
+    on_gpu = [r.fitness for r in problem.to("cuda").score(genomes, ["x"] * 8)]
+    assert on_gpu == pytest.approx(on_cpu, abs=1 / 270)  # at most one val sample flips
+    problem.to("cpu")

@@ -102,13 +102,29 @@ class Problem:
             layer_bounds=layer_bounds,
         )
         norms = [name for name, module in self.model.named_modules() if isinstance(module, _NORMS)]
-        self.applier = MaskApplier(self.model, [layer.name for layer in prunable], norms)
+        self._maskable = ([layer.name for layer in prunable], norms)
+        if bn_samples is None:
+            bn_samples = 512 if norms else 0
+        self._bn_samples = bn_samples if norms else 0
+        self._place()
+
+    def _place(self) -> None:
+        """(Re)build what lives on ``self.device``: the applier's dense copies and ranks,
+        the val/train tensors and the calibration batch."""
+        self.applier = MaskApplier(self.model, *self._maskable)
         self.space.prepare(self.applier)
         self.val = _on_device(self.task.split("val"), self.device)
         self.train = _on_device(self.task.split("train"), self.device)
-        if bn_samples is None:
-            bn_samples = 512 if norms else 0
-        self._bn_batch = self._calibration_batch(bn_samples) if norms and bn_samples > 0 else None
+        self._bn_batch = self._calibration_batch(self._bn_samples) if self._bn_samples else None
+
+    def to(self, device: str | torch.device) -> Problem:
+        """Move the problem (model, data, masking state) to ``device``, in place; a Ray
+        actor given a GPU moves its copy there. The model must be dense (no mask applied)."""
+        self.applier.restore()
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._place()
+        return self
 
     def _calibration_batch(self, samples: int) -> Tensor:
         """The first ``samples`` train inputs, in the split's fixed order."""

@@ -34,9 +34,7 @@ class _ProblemActor:
 
     def __init__(self, problem: Problem, threads: int, device: str | None) -> None:
         torch.set_num_threads(threads)
-        if device is not None and device != str(problem.device):
-            raise ValueError("a problem cannot change device inside an actor")
-        self.problem = problem
+        self.problem = problem if device is None else problem.to(device)
 
     def score(self, genomes: np.ndarray, labels: list[str]) -> tuple[list[Evaluation], float]:
         start = time.perf_counter()

@@ -18,7 +18,6 @@ Every export is checked against the masked model on a val batch before it is wri
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -70,10 +69,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     problem, masks = load_run_problem(run_dir)
     target = Path(out) if out else run_dir / f"model-{fmt}.pt"
     batch = problem.val.first_batch()[0]
-    with problem.masked(masks) as scored:
-        copy_of_scored = copy.deepcopy(scored)
-        with torch.inference_mode():
-            expected = scored(batch)
+    copy_of_scored = problem.masked_copy(masks)
+    with problem.masked(masks) as scored, torch.inference_mode():
+        expected = scored(batch)
     module = _exported_module(copy_of_scored, problem, masks, fmt, batch).eval()
     with torch.inference_mode():
         if fmt == "torch-prune":

@@ -6,6 +6,7 @@ reach test data.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,8 +29,9 @@ from searchprune.fitness import (
     call_fitness,
     resolve_fitness,
 )
+from searchprune.latency import LatencyModel
 from searchprune.pruners.criteria import CRITERIA
-from searchprune.space import SPACES, Space
+from searchprune.space import SPACES, LayerRatioSpace, Space
 from searchprune.tasks.base import Split, Task
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -75,7 +77,6 @@ class Problem:
         channels_last: bool = True,
     ) -> None:
         self.task = task.without_test()
-        self.budget = budget
         self.fitness = resolve_fitness(fitness)
         self.penalty = penalty
         self.device = torch.device(device)
@@ -93,9 +94,13 @@ class Problem:
         prunable = [layer for layer in self.layers if layer.prunable]
         self.criterion = criterion
         self.weight_scores = CRITERIA.get(criterion)(self.model, prunable, self.task)
+        self.latency: LatencyModel | None = None
+        if budget.kind == "latency_ms":
+            budget = self._latency_budget(budget, example, max_ratio)
+        self.budget = budget
         self.space: Space = SPACES.get(space)(
             self.cost,
-            budget,
+            self.budget,
             self.weight_scores,
             min_ratio=min_ratio,
             max_ratio=max_ratio,
@@ -126,6 +131,18 @@ class Problem:
         self._place()
         return self
 
+    def _latency_budget(self, budget: Budget, example: Tensor, max_ratio: float | None) -> Budget:
+        """Fit the latency model and turn a ``latency_ms`` budget into a FLOPs budget."""
+        upper = max_ratio if max_ratio is not None else 0.9
+        self.latency = LatencyModel.fit(
+            self.model, self.layers, self.graph, self.cost, self.weight_scores, example, upper
+        )
+        most = LayerRatioSpace(
+            self.cost, Budget("flops", 0.999), self.weight_scores, max_ratio=upper
+        )
+        lowest = float(self.cost.fractions(most.repairer.k_max)["flops_fraction"])
+        return self.latency.flops_budget(budget.target, lowest)
+
     def _calibration_batch(self, samples: int) -> Tensor:
         """The first ``samples`` train inputs, in the split's fixed order."""
         parts, count = [], 0
@@ -152,6 +169,11 @@ class Problem:
         for module, momentum in zip(norms, momenta, strict=True):
             module.momentum = momentum
             module.eval()
+
+    def masked_copy(self, masks: MaskSet) -> nn.Module:
+        """A copy of the model as ``masks`` score it (BatchNorm recalibrated if configured)."""
+        with self.masked(masks) as model:
+            return copy.deepcopy(model)
 
     @contextmanager
     def masked(self, masks: MaskSet) -> Iterator[nn.Module]:
@@ -209,6 +231,8 @@ class Problem:
                 stats = {key: float(values[index]) for key, values in figures.items()}
                 stats["flops"] = stats["flops_fraction"] * self.cost.dense_flops
                 stats["params"] = stats["params_fraction"] * self.cost.dense_params
+                if self.latency is not None:
+                    stats["latency_ms"] = self.latency.predict(stats["flops_fraction"])
                 self.space.apply(genome, removed[index], self.applier)
                 decode = partial(self.space.decode, genome)
                 results[index] = self._score(decode, stats, labels[index])

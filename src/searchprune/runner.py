@@ -38,6 +38,8 @@ from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
 from searchprune.finetune import finetune
 from searchprune.fitness import FITNESSES
+from searchprune.kernels import compact
+from searchprune.latency import measure_ms
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
 from searchprune.pruners.training import TRAINING_METHODS
@@ -239,6 +241,10 @@ def _figures(
         "flops_fraction": stats["flops_fraction"],
         "params_fraction": stats["params_fraction"],
     }
+    if problem.latency is not None:
+        small = compact(problem.masked_copy(masks), masks, problem.layers, problem.graph)
+        figures["latency_ms"] = measure_ms(small, problem.task.example_input().to(problem.device))
+        figures["latency_ms_predicted"] = problem.latency.predict(stats["flops_fraction"])
     tune = config.finetune
     if tune.epochs > 0:
         tuned = finetune(
@@ -336,6 +342,13 @@ def finish(
     }
     if method_info:
         summary["method_info"] = method_info
+    if problem.latency is not None:
+        summary["latency_model"] = {
+            "intercept_ms": problem.latency.intercept,
+            "slope_ms": problem.latency.slope,
+            "points": problem.latency.points,
+            "flops_budget": problem.budget.target,
+        }
     if front:
         summary["pareto_front"] = write_front(
             front, out, f"{config.task.name}: val fitness vs cost"

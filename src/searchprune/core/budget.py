@@ -2,7 +2,9 @@
 
 ``sparsity`` is the fraction of prunable weights removed (at least the target);
 ``flops`` and ``params`` are the fraction of the dense model's FLOPs or params kept
-(at most the target). Latency budgets arrive with the kernels.
+(at most the target); ``latency_ms`` is the measured latency of the compacted model in
+milliseconds (at most the target; :mod:`searchprune.latency` turns it into a FLOPs
+budget through a latency model fitted on the machine).
 """
 
 from __future__ import annotations
@@ -10,8 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-BUDGET_KINDS = ("sparsity", "flops", "params")
-_STAT_OF = {"sparsity": "sparsity", "flops": "flops_fraction", "params": "params_fraction"}
+BUDGET_KINDS = ("sparsity", "flops", "params", "latency_ms")
+_STAT_OF = {
+    "sparsity": "sparsity",
+    "flops": "flops_fraction",
+    "params": "params_fraction",
+    "latency_ms": "latency_ms",
+}
 TOLERANCE = 1e-9
 
 
@@ -25,7 +32,10 @@ class Budget:
     def __post_init__(self) -> None:
         if self.kind not in BUDGET_KINDS:
             raise ValueError(f"unknown budget {self.kind!r}; use one of {', '.join(BUDGET_KINDS)}")
-        if not 0.0 < self.target < 1.0:
+        if self.kind == "latency_ms":
+            if not self.target > 0.0:
+                raise ValueError(f"budget.latency_ms must be positive, got {self.target}")
+        elif not 0.0 < self.target < 1.0:
             raise ValueError(
                 f"budget.{self.kind} must be a fraction strictly between 0 and 1, got {self.target}"
             )
@@ -50,7 +60,7 @@ class Budget:
     def from_mapping(cls, mapping: Mapping[str, float]) -> Budget:
         if len(mapping) != 1:
             raise ValueError(
-                "budget must name exactly one of sparsity, flops or params, "
+                "budget must name exactly one of sparsity, flops, params or latency_ms, "
                 f"e.g. {{sparsity: 0.9}}; got {dict(mapping)}"
             )
         ((kind, target),) = mapping.items()

@@ -52,14 +52,16 @@ def _searchprune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess
 def test_run_on_a_two_node_loopback_cluster(tmp_path: Path) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
+    port, dashboard = _free_port(), _free_port()
     head = _ray(
         "start",
         "--head",
         "--node-ip-address=127.0.0.1",
         f"--port={port}",
         "--num-cpus=1",
-        "--include-dashboard=false",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
         "--disable-usage-stats",
         env=env,
     )
@@ -95,5 +97,23 @@ def test_run_on_a_two_node_loopback_cluster(tmp_path: Path) -> None:
         local = tmp_path / "local"
         assert _searchprune("run", str(config), "--out", str(local), env=env).returncode == 0
         assert json.loads((local / "summary.json").read_text())["best"] == summary["best"]
+        job_out = tmp_path / "job"
+        job = _ray(
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dashboard}",
+            "--",
+            str(BIN / "searchprune"),
+            "run",
+            str(config),
+            "--out",
+            str(job_out),
+            "--ray-address",
+            "auto",
+            env=env,
+        )
+        assert job.returncode == 0, (job.stdout + job.stderr)[-2000:]
+        assert json.loads((job_out / "summary.json").read_text())["best"] == summary["best"]
     finally:
         _ray("stop", env=env)

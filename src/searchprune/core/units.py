@@ -14,12 +14,16 @@ bound on FLOPs and params (units left with no input die too, see
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import torch
 
 from searchprune.core.graph import DependencyGraph
 from searchprune.core.layers import LayerInfo
 from searchprune.registry import SpecError
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -88,26 +92,25 @@ class CostModel:
     ) -> None:
         column = {unit.group: u for u, unit in enumerate(self.units)}
         n_layers, n_units = len(layers), len(self.units)
-        self._out = np.zeros((n_layers, n_units))
-        self._in = np.zeros((n_layers, n_units))
-        self._out_const = np.ones(n_layers)
-        self._in_const = np.ones(n_layers)
+        to_out, to_in = np.zeros((n_layers, n_units)), np.zeros((n_layers, n_units))
+        out_const, in_const = np.ones(n_layers), np.ones(n_layers)
         for row, layer in enumerate(layers):
             gid = graph.group_of.get(layer.name)
             if gid in column:
-                self._out[row, column[gid]] = 1.0
-                self._out_const[row] = 0.0
+                to_out[row, column[gid]] = 1.0
+                out_const[row] = 0.0
             source = graph.inputs.get(layer.name)
             if source is None or layer.groups != 1:
                 continue
-            self._in_const[row] = 0.0
+            in_const[row] = 0.0
             for seg_gid, size in source.segments:
                 share = size / source.channels
                 if seg_gid in column:
-                    self._in[row, column[seg_gid]] += share
+                    to_in[row, column[seg_gid]] += share
                 else:
-                    self._in_const[row] += share
-        self._numel, self._positions, self._bias, self._prunable = numel, positions, bias, prunable
+                    in_const[row] += share
+        self._terms = [to_out, to_in, out_const, in_const, numel, positions, bias]
+        self._prunable = prunable
 
     def fractions(self, removed: np.ndarray) -> dict[str, np.ndarray]:
         """Figures for ``removed`` counts, shape ``(..., n_units)``; arrays of shape ``(...)``."""
@@ -119,12 +122,25 @@ class CostModel:
                 "flops_fraction": 1.0 - (removed * self._flops_per).sum(axis=-1) / self.dense_flops,
                 "params_fraction": 1.0 - total / self.dense_params,
             }
-        keep = 1.0 - removed / self.sizes
-        out = keep @ self._out.T + self._out_const
-        inp = keep @ self._in.T + self._in_const
-        effective = self._numel * out * inp
+        return self.channel_fractions(1.0 - removed / self.sizes)
+
+    def channel_fractions(self, keep: ArrayT) -> dict[str, ArrayT]:
+        """Figures at channel granularity for per-unit kept shares ``keep`` (``(...,
+        n_units)``): a numpy array, or a torch tensor, for which the result is
+        differentiable (gate training uses it for the expected cost)."""
+        terms = (
+            self._terms
+            if isinstance(keep, np.ndarray)
+            else [torch.as_tensor(t, dtype=keep.dtype, device=keep.device) for t in self._terms]
+        )
+        to_out, to_in, out_const, in_const, numel, positions, bias = terms
+        prunable = (
+            self._prunable if isinstance(keep, np.ndarray) else torch.as_tensor(self._prunable)
+        )
+        out = keep @ to_out.T + out_const
+        effective = numel * out * (keep @ to_in.T + in_const)
         return {
-            "sparsity": 1.0 - effective[..., self._prunable].sum(axis=-1) / self.prunable_weights,
-            "flops_fraction": (effective * self._positions).sum(axis=-1) / self.dense_flops,
-            "params_fraction": (effective + self._bias * out).sum(axis=-1) / self.dense_params,
+            "sparsity": 1.0 - effective[..., prunable].sum(-1) / self.prunable_weights,
+            "flops_fraction": (effective * positions).sum(-1) / self.dense_flops,
+            "params_fraction": (effective + bias * out).sum(-1) / self.dense_params,
         }

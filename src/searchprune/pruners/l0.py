@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -65,32 +65,16 @@ def bar_barrier(volume: Tensor, a: float, b: float, eps: float = 1e-3) -> Tensor
     return excess * excess / torch.clamp(b - volume, min=eps)
 
 
-class ExpectedCost:
-    """The budget's kept fraction (``1 - sparsity``, FLOPs or params) as a differentiable
-    function of per-unit keep probabilities, following :class:`CostModel`'s channel
-    matrices: layer ``l`` keeps ``numel_l · out_l · in_l`` with ``out``/``in`` the expected
-    kept shares of its output and input channels (gates independent)."""
-
-    def __init__(self, cost: CostModel, kind: str) -> None:
-        as_tensor = lambda array: torch.as_tensor(np.asarray(array), dtype=torch.float32)  # noqa: E731
-        self.kind = kind
-        self.sizes = as_tensor(cost.sizes)
-        self.out, self.inp = as_tensor(cost._out), as_tensor(cost._in)
-        self.out_const, self.in_const = as_tensor(cost._out_const), as_tensor(cost._in_const)
-        self.numel, self.bias = as_tensor(cost._numel), as_tensor(cost._bias)
-        self.positions, self.prunable = as_tensor(cost._positions), torch.as_tensor(cost._prunable)
-        self.dense = {"flops": cost.dense_flops, "params": cost.dense_params}
-        self.prunable_weights = cost.prunable_weights
-
-    def __call__(self, keep: Tensor) -> Tensor:
-        """Kept fraction for ``keep`` (per-unit expected kept share, shape ``(n_units,)``)."""
-        out = self.out @ keep + self.out_const
-        effective = self.numel * out * (self.inp @ keep + self.in_const)
-        if self.kind == "flops":
-            return (effective * self.positions).sum() / self.dense["flops"]
-        if self.kind == "params":
-            return (effective + self.bias * out).sum() / self.dense["params"]
-        return effective[self.prunable].sum() / self.prunable_weights
+def expected_kept(cost: CostModel, kind: str, keep: Tensor) -> Tensor:
+    """The budget's kept fraction (``1 - sparsity``, FLOPs or params) for per-unit
+    expected kept shares ``keep``, differentiably (:meth:`CostModel.channel_fractions` on
+    tensors; gates independent)."""
+    figures = cost.channel_fractions(keep)
+    if kind == "flops":
+        return figures["flops_fraction"]
+    if kind == "params":
+        return figures["params_fraction"]
+    return 1.0 - figures["sparsity"]
 
 
 def kept_target(budget: Budget) -> float:
@@ -244,7 +228,7 @@ class L0Bar(TrainingMethod):
             )
         p, model, units = self.params, trained_copy(problem), problem.cost.units
         gates = UnitGates(units, p.init_log_alpha, p.gate_lr_scale)
-        expected = ExpectedCost(problem.cost, problem.budget.kind)
+        expected = partial(expected_kept, problem.cost, problem.budget.kind)
         target, total = kept_target(problem.budget), self.steps(problem)
         start = float(expected(gates.expected_keep().detach())) + 0.05
         trace: dict[str, list[float]] = {"expected_cost": [], "budget_schedule": []}

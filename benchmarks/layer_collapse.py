@@ -26,6 +26,7 @@ from searchprune.finetune import finetune
 from searchprune.problem import Problem
 from searchprune.pruners import saliency
 from searchprune.pruners.oneshot import METHODS
+from searchprune.report import save_figure
 from searchprune.tasks.base import Task, score_model
 from searchprune.tasks.builtin import load_builtin_task
 
@@ -84,14 +85,14 @@ def main() -> None:
             axes.plot(DENSITIES, [a for a, _ in row], "o-", label=name)
         axes.set_xscale("log")
         axes.invert_xaxis()
-        axes.set_xlabel("density (fraction of weights kept), pruned at initialization")
-        axes.set_ylabel("test accuracy after training")
-        axes.set_title(f"{task_name}: layer collapse at extreme compression")
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(args.out / f"collapse_{task_name}.png", dpi=110)
-        plt.close(figure)
+        save_figure(
+            figure,
+            axes,
+            args.out / f"collapse_{task_name}.png",
+            title=f"{task_name}: layer collapse at extreme compression",
+            xlabel="density (fraction of weights kept), pruned at initialization",
+            ylabel="test accuracy after training",
+        )
     print(f"\nplots in {args.out}")
 
 

@@ -24,6 +24,7 @@ import torch
 from searchprune.core.budget import Budget
 from searchprune.problem import Problem
 from searchprune.pruners.oneshot import METHODS
+from searchprune.report import save_figure
 from searchprune.tasks.base import score_model
 from searchprune.tasks.builtin import load_builtin_task
 
@@ -70,14 +71,14 @@ def main() -> None:
         figure, axes = plt.subplots(figsize=(6.4, 4.2))
         for name, accuracies in results.items():
             axes.plot(SPARSITIES, accuracies, "o-", label=name)
-        axes.set_xlabel("sparsity of the prunable layers")
-        axes.set_ylabel("test accuracy (no fine-tuning)")
-        axes.set_title(f"{task_name}: magnitude pruning, weights vs units, global vs layer-wise")
-        axes.grid(alpha=0.3)
-        axes.legend()
-        figure.tight_layout()
-        figure.savefig(args.out / f"curves_{task_name}.png", dpi=110)
-        plt.close(figure)
+        save_figure(
+            figure,
+            axes,
+            args.out / f"curves_{task_name}.png",
+            title=f"{task_name}: magnitude pruning, weights vs units, global vs layer-wise",
+            xlabel="sparsity of the prunable layers",
+            ylabel="test accuracy (no fine-tuning)",
+        )
     print(f"\nplots in {args.out}")
 
 

@@ -13,11 +13,11 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 from searchprune.core.budget import Budget
 from searchprune.evaluate import LocalEvaluator
 from searchprune.problem import Problem
+from searchprune.runtime import prepare_process
 from searchprune.search import make_searcher
 from searchprune.tasks.builtin import load_builtin_task
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=100)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    prepare_process(1)
     print(f"{'task':<14}{'ms/episode':>12}{'evaluate':>10}{'agent acts':>12}{'agent learns':>14}")
     for task in args.tasks:
         row = measure(task, args.episodes, args.population, args.warmup)

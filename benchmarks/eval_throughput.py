@@ -21,6 +21,7 @@ from searchprune.core.budget import Budget
 from searchprune.evaluate import LocalEvaluator
 from searchprune.fitness import accuracy
 from searchprune.problem import Problem
+from searchprune.runtime import prepare_process
 from searchprune.tasks.builtin import load_builtin_task
 
 
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    prepare_process(1)
     print(
         f"{'task':<14}{'in-place/s':>12}{'deepcopy/s':>12}{'speedup':>9}{'forward ms':>12}"
         f"{'outside/forward':>17}"

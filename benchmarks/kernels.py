@@ -22,6 +22,7 @@ from torch import nn
 from searchprune.core.budget import Budget
 from searchprune.kernels import compact, median_latency, sparsify
 from searchprune.problem import Problem
+from searchprune.runtime import prepare_process
 from searchprune.tasks.builtin import load_builtin_task
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
@@ -99,7 +100,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    prepare_process(1)
     layer_table(args.widths, args.batches, args.repeats)
     compact_table(args.tasks, args.repeats)
 

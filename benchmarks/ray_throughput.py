@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 import ray
-import torch
 
 from searchprune.core.budget import Budget
 from searchprune.evaluate import Evaluator, LocalEvaluator
 from searchprune.evaluate.ray import RayEvaluator
 from searchprune.problem import Problem
+from searchprune.runtime import prepare_process
 from searchprune.tasks.builtin import load_builtin_task
 
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    prepare_process(1)
     print(
         f"{'task':<14}{'local/s':>9}{'1 actor/s':>11}{'2 actors/s':>12}{'2 vs 1':>8}"
         f"{'efficiency':>12}{'2 vs local':>12}"

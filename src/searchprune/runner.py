@@ -52,6 +52,7 @@ from searchprune.report import (
     write_front,
     write_json,
 )
+from searchprune.runtime import prepare_process
 from searchprune.search import SEARCHERS, Searcher, make_searcher
 from searchprune.search.base import FrontMember
 from searchprune.tasks.base import Split, Task, score_model
@@ -379,7 +380,7 @@ def run(
         raise ConfigError(f"{out} already holds a run; pass --resume {out} or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
-    torch.set_num_threads(config.evaluator.threads)
+    prepare_process(config.evaluator.threads)
     random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
     try:

@@ -21,19 +21,19 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 from ray.exceptions import RayActorError, RayTaskError
 
 from searchprune.evaluate.base import Evaluator
 from searchprune.fitness import FitnessError
 from searchprune.problem import Evaluation, Problem
+from searchprune.runtime import prepare_process
 
 
 class _ProblemActor:
     """Holds one copy of the problem and scores chunks of genomes with it."""
 
     def __init__(self, problem: Problem, threads: int, device: str | None) -> None:
-        torch.set_num_threads(threads)
+        prepare_process(threads)
         self.problem = problem if device is None else problem.to(device)
 
     def score(self, genomes: np.ndarray, labels: list[str]) -> tuple[list[Evaluation], float]:

@@ -59,3 +59,19 @@ def test_a_bare_layer_is_swapped_too() -> None:
     model, chosen = sparsify(layer, x, format="csr")
     assert isinstance(model, SparseLinear) and chosen == {"": "csr"}
     torch.testing.assert_close(model(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["csr", "bsr"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse_linear_takes_any_leading_shape_and_uses_int32_indices(
+    kind: str, bias: bool
+) -> None:
+    torch.manual_seed(1)
+    layer = nn.Linear(32, 48, bias=bias)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) > 0.8)
+    sparse = SparseLinear(layer, kind, blocksize=16)
+    assert sparse.weight.crow_indices().dtype == torch.int32
+    for shape in [(5, 32), (3, 5, 32), (32,)]:
+        x = torch.randn(shape)
+        torch.testing.assert_close(sparse(x), layer(x), rtol=1e-4, atol=1e-5)

@@ -1,15 +1,20 @@
-"""sparsify(): CSR/BSR layers compute what the masked dense layers compute."""
+"""sparsify(): CSR, BSR, compact and 2:4 layers compute what the masked dense layers compute."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 from searchprune.core.budget import Budget
+from searchprune.core.masks import nm_mask
 from searchprune.kernels import sparsify
-from searchprune.kernels.sparse import SparseConv, SparseLinear
+from searchprune.kernels.gather import GatherScatterLayer, has_dead_rows_or_columns
+from searchprune.kernels.semi_structured import is_two_four, semi_structured_available
+from searchprune.kernels.sparse import SparseConv, SparseLinear, candidate_kinds
 from searchprune.problem import Problem
 from searchprune.tasks.base import Task
 from searchprune.tasks.models import DigitsCNN, Mnist1dCNN
@@ -42,8 +47,9 @@ def test_sparse_models_equal_the_masked_model(
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert set(chosen) == {layer.name for layer in problem.layers}
     if kind != "auto":
-        swapped = [m for m in model.modules() if isinstance(m, (SparseLinear, SparseConv))]
-        assert len(swapped) == len(problem.layers) and all(m.kind == kind for m in swapped)
+        swapped = [model.get_submodule(name) for name in chosen]
+        assert all(isinstance(m, (SparseLinear, SparseConv)) for m in swapped)
+        assert all(m.kind == kind for m in swapped)
     else:
         assert set(chosen.values()) <= {"dense", "csr", "bsr"}
 
@@ -75,3 +81,90 @@ def test_sparse_linear_takes_any_leading_shape_and_uses_int32_indices(
     for shape in [(5, 32), (3, 5, 32), (32,)]:
         x = torch.randn(shape)
         torch.testing.assert_close(sparse(x), layer(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("factory, features", [(DigitsCNN, 64), (Mnist1dCNN, 40)])
+def test_compact_kernels_equal_the_masked_model_under_channel_pruning(
+    factory: type[nn.Module], features: int
+) -> None:
+    torch.manual_seed(0)
+    inputs = torch.randn(16, features)
+    labels = torch.zeros(16, dtype=torch.long)
+    problem = Problem(
+        Task(factory(), (inputs, labels), (inputs, labels)),
+        budget=Budget("flops", 0.4),
+        granularity="channel",
+        channels_last=False,
+    )
+    masks = problem.space.decode(
+        problem.space.repair(problem.space.sample(np.random.default_rng(3), 1))[0]
+    )
+    model, chosen = sparsify(problem.model, inputs, masks=masks, format="compact")
+    with problem.masked(masks) as masked, torch.inference_mode():
+        expected = masked(inputs)
+        got = model(inputs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert set(chosen.values()) == {"compact"}
+    inner = [m.inner for m in model.modules() if isinstance(m, GatherScatterLayer)]
+    original = [problem.model.get_submodule(name) for name in chosen]
+    assert sum(m.weight.numel() for m in inner) < sum(m.weight.numel() for m in original)
+    with problem.masked(masks) as masked:
+        kinds = [candidate_kinds(masked.get_submodule(name)) for name in chosen]
+    # every layer but the output one loses whole output channels or units
+    assert all(k == ["dense", "csr", "bsr", "compact"] for k in kinds[:-1])
+
+
+def test_compact_kernel_keeps_dead_rows_at_their_bias() -> None:
+    layer = nn.Linear(6, 5)
+    with torch.no_grad():
+        layer.weight[1:4] = 0  # three dead output units
+        layer.weight[:, 0] = 0  # one dead input
+    compact_layer = GatherScatterLayer(layer)
+    assert compact_layer.inner.weight.shape == (2, 5)
+    assert has_dead_rows_or_columns(layer) and "compact" in candidate_kinds(layer)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(compact_layer(x), layer(x))
+    with torch.no_grad():
+        layer.weight.zero_()  # nothing alive at all: outputs are the bias
+    torch.testing.assert_close(GatherScatterLayer(layer)(x), layer.bias.expand(4, 5))
+    assert not has_dead_rows_or_columns(nn.Linear(6, 5))
+
+
+@given(rows=st.integers(1, 6), groups=st.integers(1, 8), seed=st.integers(0, 2**16))
+def test_two_four_detection_matches_nm_masks(rows: int, groups: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(rows, 4 * groups, generator=generator)
+    weight = scores * nm_mask(scores, 2, 4)
+    assert is_two_four(weight)
+    weight[0, :3] = 1.0  # three nonzeros in the first group of four
+    assert not is_two_four(weight)
+    assert not is_two_four(torch.ones(rows, 4 * groups + 2))  # rows not in groups of four
+
+
+@pytest.mark.skipif(
+    semi_structured_available("cuda"), reason="checks the error raised without a capable GPU"
+)
+def test_two_four_without_a_capable_gpu_is_a_clear_error() -> None:
+    layer = nn.Linear(64, 32)
+    with torch.no_grad():
+        layer.weight.mul_(nm_mask(layer.weight.abs(), 2, 4))
+    with pytest.raises(ValueError, match=r"layer: 2:4 kernels run on CUDA GPUs .* use format"):
+        sparsify(layer, torch.randn(4, 64), format="2:4")
+    assert "2:4" not in candidate_kinds(layer)
+
+
+@pytest.mark.skipif(
+    not semi_structured_available("cuda"), reason="needs a CUDA GPU of capability 8.0+"
+)
+def test_two_four_kernels_equal_the_masked_model_on_a_gpu() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64)).cuda().half()
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            layer.weight.mul_(nm_mask(layer.weight.abs(), 2, 4))
+    x = torch.randn(32, 128, device="cuda", dtype=torch.half)
+    sparse, chosen = sparsify(model, x, format="2:4")
+    assert chosen == {"0": "2:4", "2": "2:4"}
+    torch.testing.assert_close(sparse(x), model(x), rtol=1e-2, atol=1e-2)
+    _, auto_chosen = sparsify(model, x, format="auto")
+    assert set(auto_chosen.values()) <= {"dense", "csr", "bsr", "2:4"}

@@ -1,13 +1,22 @@
-"""``sparsify``: run pruned Linear and Conv layers on sparse CSR or BSR kernels.
+"""``sparsify``: run pruned Linear and Conv layers on sparse or smaller kernels.
 
-On CPU the fast route is a sparse weight on the *left* of the transposed input,
-``torch.addmm(bias_column, W_sparse, x.T).T`` (``F.linear`` with a CSR weight was
-several times slower at batch > 1 here). Convolutions unfold their input (im2col) and
-take the same route. Converting to a sparse format costs more than a dense forward pass,
-so sparse layers are for the final model and latency measurement, not per candidate.
+Kernels, per layer:
 
-``format="auto"`` times every layer on its own input shape at the target batch size,
-dense against CSR and BSR, and keeps the fastest.
+- ``csr`` / ``bsr``: on CPU the fast route is a sparse weight on the *left* of the
+  transposed input, ``torch.addmm(bias_column, W_sparse, x.T).T`` (``F.linear`` with a
+  CSR weight was several times slower at batch > 1 here). Convolutions unfold their
+  input (im2col) and take the same route.
+- ``compact``: only the weight's live rows and columns, as a smaller dense layer between
+  a gather and a scatter (:mod:`searchprune.kernels.gather`); pays off for channel and
+  unit pruning.
+- ``2:4``: semi-structured sparse tensor cores on CUDA GPUs of capability 8.0+
+  (:mod:`searchprune.kernels.semi_structured`).
+
+Converting to a sparse format costs more than a dense forward pass, so sparse layers are
+for the final model and latency measurement, not per candidate. ``format="auto"`` times
+every layer on its own input at the target batch size and device, dense against every
+kernel that applies (``compact`` where rows or columns are dead, ``2:4`` where the GPU
+and the weight allow it), and keeps the fastest.
 """
 
 from __future__ import annotations
@@ -25,8 +34,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from searchprune.core.masks import MaskSet, apply_masks
+from searchprune.kernels.gather import GatherScatterLayer, Layer, has_dead_rows_or_columns
+from searchprune.kernels.semi_structured import (
+    SemiStructuredLinear,
+    is_two_four,
+    semi_structured_available,
+)
 
-Format = Literal["dense", "csr", "bsr", "auto"]
+Format = Literal["dense", "csr", "bsr", "compact", "2:4", "auto"]
+SEMI_STRUCTURED = "2:4"
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
@@ -79,14 +95,22 @@ class SparseLinear(nn.Module):
         out = _sparse_affine(self.weight, self.bias, x.reshape(-1, self.in_features).T)
         return out.T.reshape(*x.shape[:-1], self.out_features)
 
+    def columns_product(self, columns: Tensor) -> Tensor:
+        """``W @ columns + bias`` for inputs laid out one per column."""
+        return _sparse_affine(self.weight, self.bias, columns)
+
 
 class SparseConv(nn.Module):
-    """A Conv1d/Conv2d layer run as im2col followed by a sparse matrix product."""
+    """A Conv1d/Conv2d layer run as im2col followed by a sparse matrix product.
 
-    weight: Tensor
-    bias: Tensor | None
+    The weight, flattened to ``(out_channels, in_channels * kernel)``, lives in
+    ``matrix``: a :class:`SparseLinear` (CSR/BSR) or a
+    :class:`~searchprune.kernels.semi_structured.SemiStructuredLinear` (2:4).
+    """
 
-    def __init__(self, layer: nn.Conv1d | nn.Conv2d, kind: str, blocksize: int = 16) -> None:
+    def __init__(
+        self, layer: nn.Conv1d | nn.Conv2d, kind: str, blocksize: int = 16, name: str = "layer"
+    ) -> None:
         super().__init__()
         if layer.groups != 1 or isinstance(layer.padding, str) or layer.padding_mode != "zeros":
             raise ValueError("sparse convolutions support groups=1 and numeric zero padding")
@@ -97,55 +121,89 @@ class SparseConv(nn.Module):
         self.padding = (0, *pad) if self.one_d else pad
         self.dilation = (1, *layer.dilation) if self.one_d else tuple(layer.dilation)
         self.out_channels = layer.out_channels
-        matrix = layer.weight.detach().reshape(layer.out_channels, -1)
-        self.register_buffer("weight", _to_sparse(matrix.contiguous(), kind, blocksize))
-        self.register_buffer("bias", _bias_column(layer))
+        self.matrix = _matrix_layer(_as_linear(layer), kind, blocksize, name)
 
     def forward(self, x: Tensor) -> Tensor:
         images = x.unsqueeze(2) if self.one_d else x
         columns = F.unfold(images, self.kernel, self.dilation, self.padding, self.stride)
         batch, rows, positions = columns.shape
         flat = columns.permute(1, 0, 2).reshape(rows, batch * positions)
-        out = (
-            _sparse_affine(self.weight, self.bias, flat)
-            .reshape(self.out_channels, batch, positions)
-            .permute(1, 0, 2)
-        )
+        out = self.matrix.columns_product(flat)
+        out = out.reshape(self.out_channels, batch, positions).permute(1, 0, 2)
         span = self.dilation[0] * (self.kernel[0] - 1) + 1
         height = (images.shape[2] + 2 * self.padding[0] - span) // self.stride[0] + 1
         result = out.reshape(batch, self.out_channels, height, -1)
         return result.squeeze(2) if self.one_d else result
 
 
-def _sparse_layer(layer: nn.Module, kind: str, blocksize: int) -> nn.Module:
+def _as_linear(layer: nn.Conv1d | nn.Conv2d) -> nn.Linear:
+    """The convolution's weight as a Linear layer over its unfolded input columns."""
+    matrix = layer.weight.detach().reshape(layer.out_channels, -1)
+    linear = nn.Linear(matrix.shape[1], matrix.shape[0], bias=layer.bias is not None)
+    linear = linear.to(device=matrix.device, dtype=matrix.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(matrix)
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
+    return linear
+
+
+def _matrix_layer(
+    layer: nn.Linear, kind: str, blocksize: int, name: str
+) -> SparseLinear | SemiStructuredLinear:
+    if kind == SEMI_STRUCTURED:
+        return SemiStructuredLinear(layer, name)
+    return SparseLinear(layer, kind, blocksize)
+
+
+def _sparse_layer(layer: nn.Module, kind: str, blocksize: int, name: str = "layer") -> nn.Module:
+    """``layer`` (Linear, Conv1d or Conv2d) on kernel ``kind``."""
     if kind == "dense":
         return layer
+    if kind == "compact":
+        return GatherScatterLayer(layer)
     if isinstance(layer, nn.Linear):
-        return SparseLinear(layer, kind, blocksize)
+        return _matrix_layer(layer, kind, blocksize, name)
     assert isinstance(layer, (nn.Conv1d, nn.Conv2d))
-    return SparseConv(layer, kind, blocksize)
+    return SparseConv(layer, kind, blocksize, name)
 
 
 def median_latency(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall time of ``fn`` in seconds, after ``warmup`` calls (no grad)."""
+    """Median wall time of ``fn`` in seconds, after ``warmup`` calls (no grad); CUDA work
+    is waited for before each clock reading."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
     with torch.inference_mode():
         for _ in range(warmup):
             fn()
         times = []
         for _ in range(repeats):
+            synchronize()
             start = time.perf_counter()
             fn()
+            synchronize()
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def _fastest(layer: nn.Module, example: Tensor, blocksize: int, repeats: int) -> str:
+def candidate_kinds(layer: Layer) -> list[str]:
+    """The kernels ``auto`` times for ``layer``: dense, CSR and BSR always; ``compact``
+    when whole rows or columns are dead; ``2:4`` when the GPU and the weight allow it."""
+    kinds = ["dense", "csr", "bsr"]
+    if has_dead_rows_or_columns(layer):
+        kinds.append("compact")
+    weight = layer.weight.detach()
+    if semi_structured_available(weight.device) and is_two_four(weight):
+        kinds.append(SEMI_STRUCTURED)
+    return kinds
+
+
+def _fastest(layer: Layer, example: Tensor, blocksize: int, repeats: int) -> str:
     timings = {}
-    for kind in ("dense", "csr", "bsr"):
+    for kind in candidate_kinds(layer):
         try:
             candidate = _sparse_layer(layer, kind, blocksize)
         except (RuntimeError, ValueError):
-            continue  # e.g. BSR blocks that do not tile the weight
+            continue  # e.g. BSR blocks that do not tile the weight, a 2:4 shape refused
         timings[kind] = median_latency(partial(candidate, example), repeats=repeats)
     return min(timings, key=timings.__getitem__)
 
@@ -197,9 +255,10 @@ def sparsify(
         if layers is not None and name not in layers:
             continue
         module = sparse_model.get_submodule(name)
+        assert isinstance(module, _LAYERS)  # _layer_inputs records only these
         kind = _fastest(module, layer_input, blocksize, repeats) if format == "auto" else format
         chosen[name] = kind
-        replacement = _sparse_layer(module, kind, blocksize)
+        replacement = _sparse_layer(module, kind, blocksize, name or "layer")
         if not name:  # the model is itself a single layer
             return replacement, chosen
         parent_name, _, child = name.rpartition(".")

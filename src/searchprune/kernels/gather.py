@@ -1,0 +1,95 @@
+"""One layer run on only its live rows and columns: the per-layer "compact" kernel.
+
+A pruned layer whose weight has whole zero output rows (channels or units) or zero
+input columns can run as a smaller dense layer: gather the live input channels, run the
+kept submatrix, and scatter its outputs into a tensor holding the bias of the dead rows
+(a dead row outputs its bias alone). Unlike :func:`searchprune.kernels.compact`, which
+rebuilds the whole model along its dependency groups, this keeps every layer's input and
+output shapes, so ``sparsify`` can choose it layer by layer, next to dense, CSR and BSR.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import Tensor, nn
+
+Layer = nn.Linear | nn.Conv1d | nn.Conv2d
+
+
+def live_rows_and_columns(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Boolean masks of the output rows and input columns (channels) of ``weight`` that
+    hold a nonzero."""
+    live = weight.detach().reshape(weight.shape[0], weight.shape[1], -1).ne(0)
+    return live.flatten(1).any(1), live.any(2).any(0)
+
+
+def has_dead_rows_or_columns(layer: Layer) -> bool:
+    """Whether ``layer``'s weight has a whole zero output row or input column."""
+    rows, columns = live_rows_and_columns(layer.weight)
+    return not bool(rows.all() and columns.all())
+
+
+class GatherScatterLayer(nn.Module):
+    """``layer`` computed on the nonzero rows and columns of its weight only.
+
+    :raises ValueError: for grouped convolutions (their input channels are tied to
+        output groups) and for layers that are not Linear/Conv1d/Conv2d.
+    """
+
+    live_inputs: Tensor
+    live_outputs: Tensor
+    output_bias: Tensor
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            raise ValueError(f"gather-scatter kernels take Linear/Conv layers, not {layer}")
+        if not isinstance(layer, nn.Linear) and layer.groups != 1:
+            raise ValueError("gather-scatter kernels support groups=1 convolutions only")
+        weight = layer.weight.detach()
+        live_rows, live_columns = live_rows_and_columns(weight)
+        live_outputs, live_inputs = _at_least_one(live_rows), _at_least_one(live_columns)
+        self.channel_dim = -1 if isinstance(layer, nn.Linear) else 1
+        self.out_features = weight.shape[0]
+        self.all_inputs = len(live_inputs) == weight.shape[1]
+        self.all_outputs = len(live_outputs) == weight.shape[0]
+        self.register_buffer("live_inputs", live_inputs)
+        self.register_buffer("live_outputs", live_outputs)
+        bias = layer.bias.detach() if layer.bias is not None else weight.new_zeros(len(weight))
+        self.register_buffer("output_bias", bias.clone())
+        self.inner = _submatrix_layer(layer, live_outputs, live_inputs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.all_inputs:
+            x = x.index_select(self.channel_dim, self.live_inputs)
+        y: Tensor = self.inner(x)
+        if self.all_outputs:
+            return y
+        shape = list(y.shape)
+        shape[self.channel_dim] = self.out_features
+        view = [1] * len(shape)
+        view[self.channel_dim] = self.out_features
+        out = self.output_bias.reshape(view).expand(shape).contiguous()
+        return out.index_copy_(self.channel_dim % len(shape), self.live_outputs, y)
+
+
+def _at_least_one(live: Tensor) -> Tensor:
+    """Indices of the live entries; index 0 when none is (an all-zero slice keeps the
+    inner layer's shapes valid and still computes the bias alone)."""
+    indices = live.nonzero().flatten()
+    return indices if len(indices) else indices.new_zeros(1)
+
+
+def _submatrix_layer(layer: Layer, rows: Tensor, columns: Tensor) -> Layer:
+    """A copy of ``layer`` restricted to output ``rows`` and input ``columns``."""
+    inner = copy.deepcopy(layer)
+    weight = layer.weight.detach().index_select(0, rows).index_select(1, columns)
+    inner.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    if layer.bias is not None:
+        inner.bias = nn.Parameter(layer.bias.detach()[rows].clone(), requires_grad=False)
+    if isinstance(inner, nn.Linear):
+        inner.in_features, inner.out_features = len(columns), len(rows)
+    else:
+        inner.in_channels, inner.out_channels = len(columns), len(rows)
+    return inner

@@ -6,8 +6,10 @@ Run: ``.venv/bin/python benchmarks/kernels.py`` on an idle machine, one torch th
    speedup over dense ``F.linear`` of CSR and BSR (16x16 blocks, whole blocks pruned),
    and of ``auto``, which picks per layer by measuring (its pick must be within 10% of
    the best kernel).
-2. For the CNNs at channel granularity and half the FLOPs: the compact model's latency
-   speedup over the dense model, against its FLOPs reduction (goal: at least 0.8x).
+2. For the CNNs at channel granularity and half the FLOPs: the latency speedup over the
+   dense model of the compact model and of per-layer ``auto`` kernels, against the FLOPs
+   reduction (goal: at least 0.8x), on the built-in CNNs (batch 256) and on a
+   compute-bound CIFAR-sized CNN (batch 1 and 32).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from searchprune.core.budget import Budget
 from searchprune.kernels import compact, median_latency, sparsify
 from searchprune.problem import Problem
 from searchprune.runtime import prepare_process
+from searchprune.tasks.base import Task
 from searchprune.tasks.builtin import load_builtin_task
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.99)
@@ -71,23 +74,63 @@ def layer_table(widths: list[int], batches: list[int], repeats: int) -> None:
                 )
 
 
-def compact_table(tasks: list[str], repeats: int) -> None:
-    print("\nCompact models at half the FLOPs (channel granularity), batch 256")
-    print(f"{'task':<14}{'FLOPs kept':>11}{'FLOPs cut':>10}{'speedup':>9}{'ratio':>7}")
-    for name in tasks:
-        task = load_builtin_task(name)
-        problem = Problem(
-            task, budget=Budget("flops", 0.5), granularity="channel", channels_last=False
+class WideCNN(nn.Module):
+    """A compute-bound VGG-style block (Simonyan & Zisserman 2015) on CIFAR-sized 3x32x32
+    inputs, random weights (latency does not depend on them): conv 3-64-128, pool,
+    conv 256, global pool, fc 10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(128, 256, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
+        self.fc = nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(self.features(x))
+        return out
+
+
+def _wide_task() -> Task:
+    torch.manual_seed(0)
+    inputs, labels = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    return Task(WideCNN().eval(), (inputs, labels), (inputs, labels))
+
+
+def compact_table(tasks: list[str], repeats: int) -> None:
+    """Half the FLOPs at channel granularity (uniform ratios), one thread: the compact
+    model's and the per-layer ``auto`` kernels' speedup over dense, against the FLOPs cut."""
+    print("\nHalf the FLOPs (channel granularity): speedup over dense / FLOPs cut")
+    print(
+        f"{'model':<14}{'batch':>6}{'FLOPs cut':>10}{'compact':>9}{'ratio':>7}"
+        f"{'auto':>7}{'ratio':>7}  auto picks"
+    )
+    cases = [(name, load_builtin_task(name), 256) for name in tasks]
+    cases += [("wide-cnn", _wide_task(), batch) for batch in (1, 32)]
+    for name, task, batch in cases:
+        problem = Problem(task, budget=Budget("flops", 0.5), granularity="channel")
         genome = problem.space.repair(np.full((1, problem.space.dim), 0.5))[0]
         masks = problem.space.decode(genome)
+        x = task.split("val").first_batch()[0][:batch]
+        if any(isinstance(m, nn.Conv2d) for m in problem.model.modules()) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         small = compact(problem.model, masks, problem.layers, problem.graph)
-        x = task.split("val").first_batch()[0][:256]
-        speedup = _seconds(problem.model, x, repeats) / _seconds(small, x, repeats)
-        reduction = 1 / problem.exact_stats(masks)["flops_fraction"]
+        auto, picks = sparsify(problem.model, x, masks=masks, format="auto", repeats=repeats)
+        dense = _seconds(problem.model, x, repeats)
+        speedups = [dense / _seconds(model, x, repeats) for model in (small, auto)]
+        cut = 1 / problem.exact_stats(masks)["flops_fraction"]
         print(
-            f"{name:<14}{1 / reduction:>11.3f}{reduction:>9.2f}x{speedup:>8.2f}x"
-            f"{speedup / reduction:>7.2f}"
+            f"{name:<14}{batch:>6}{cut:>9.2f}x"
+            + "".join(f"{speedup:>8.2f}x{speedup / cut:>7.2f}" for speedup in speedups)
+            + f"  {','.join(sorted(set(picks.values())))}"
         )
 
 

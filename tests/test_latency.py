@@ -1,68 +1,132 @@
-"""Latency budgets: a fitted latency model turns milliseconds into a FLOPs budget."""
+"""Latency: a measured latency curve turns milliseconds into a FLOPs or params budget,
+predicts every candidate's latency, and drives the latency-aware fitness."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from searchprune.cli import main
+from searchprune.latency import LatencyModel
+from searchprune.registry import SpecError
 
 
-def _config(tmp_path: Path, budget: dict[str, float], granularity: str = "channel") -> Path:
+def _config(tmp_path: Path, budget: dict[str, float], **sections: Any) -> Path:
     path = tmp_path / "c.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "task": "digits-mlp",
-                "space": {"granularity": granularity},
-                "budget": budget,
-                "searcher": {"name": "ga", "population": 8},
-                "run": {"max_evals": 24, "progress": False},
-            }
-        )
-    )
+    config = {
+        "task": "digits-mlp",
+        "space": {"granularity": "channel"},
+        "budget": budget,
+        "searcher": {"name": "ga", "population": 8},
+        "run": {"max_evals": 24, "progress": False},
+    }
+    config.update(sections)
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
-def _latency_model(tmp_path: Path) -> dict[str, float]:
-    assert (
-        main(["run", str(_config(tmp_path, {"latency_ms": 10.0})), "--out", str(tmp_path / "a")])
-        == 0
-    )
-    return json.loads((tmp_path / "a" / "summary.json").read_text())["latency_model"]
+def _run(config: Path, out: Path) -> dict[str, Any]:
+    assert main(["run", str(config), "--out", str(out)]) == 0
+    summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+    return summary
 
 
-def test_latency_budget_becomes_the_predicted_flops_budget(tmp_path: Path) -> None:
-    model = _latency_model(tmp_path)
-    points = model["points"]
-    assert len(points) == 5 and all(ms > 0 for _, ms in points)
-    assert model["slope_ms"] > 0, "fewer FLOPs must run faster"
-    dense_ms = model["intercept_ms"] + model["slope_ms"]
-    fastest_ms = model["intercept_ms"] + model["slope_ms"] * min(f for f, _ in points)
-    target = fastest_ms + 0.5 * (dense_ms - fastest_ms)
-    out = tmp_path / "b"
-    assert main(["run", str(_config(tmp_path, {"latency_ms": target})), "--out", str(out)]) == 0
-    summary = json.loads((out / "summary.json").read_text())
+def _history(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
+
+
+def _curve(summary: dict[str, Any]) -> LatencyModel:
     fitted = summary["latency_model"]
-    expected_fraction = (target - fitted["intercept_ms"]) / fitted["slope_ms"]
-    assert summary["best"]["flops_fraction"] <= expected_fraction + 1e-6
-    assert summary["best"]["latency_ms_predicted"] <= target + 1e-9
-    assert summary["best"]["latency_ms"] > 0  # measured on the compacted model
-    history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
-    assert all(row["latency_ms"] <= target + 1e-9 for row in history)
+    points = tuple((f, ms) for f, ms in fitted["points"])
+    return LatencyModel(fitted["axis"], fitted["kernels"], points)
 
 
-def test_unreachable_or_unstructured_latency_budgets_are_config_errors(
+@pytest.mark.parametrize(
+    "granularity, axis, kernels, count",
+    [
+        ("channel", "flops_fraction", "compact model", 6),
+        ("weight", "params_fraction", "sparsify auto", 7),
+    ],
+)
+def test_latency_budget_becomes_the_budget_the_curve_predicts(
+    tmp_path: Path, granularity: str, axis: str, kernels: str, count: int
+) -> None:
+    space = {"granularity": granularity}
+    loose = _run(_config(tmp_path, {"latency_ms": 10.0}, space=space), tmp_path / "a")
+    curve = _curve(loose)
+    assert (curve.axis, curve.kernels, len(curve.points)) == (axis, kernels, count)
+    assert all(ms > 0 for _, ms in curve.points)
+    fractions = [f for f, _ in curve.points]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0, abs=0.02)
+    fastest, slowest = curve.predict(fractions[0]), curve.predict(fractions[-1])
+    # at batch one the MLP runs about as fast sparse as dense: weights check the plumbing
+    share = {"channel": 0.6, "weight": 1.1}[granularity]
+    target = fastest + share * (slowest - fastest) if share < 1 else share * slowest
+    out = tmp_path / "b"
+    summary = _run(_config(tmp_path, {"latency_ms": target}, space=space), out)
+    curve = _curve(summary)  # this run measured its own curve
+    ((kind, fraction),) = summary["latency_model"]["search_budget"].items()
+    assert kind == ("flops" if granularity == "channel" else "params")
+    assert curve.predict(fraction) <= target + 1e-9
+    best = summary["best"]
+    assert best["latency_ms_predicted"] <= target + 1e-9
+    assert best["latency_ms"] > 0  # measured on the deployed (compact or sparse) model
+    assert all(row["latency_ms"] <= target + 1e-9 for row in _history(out))
+
+
+def test_unreachable_latency_budgets_are_config_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert (
-        main(["run", str(_config(tmp_path, {"latency_ms": 1e-6})), "--out", str(tmp_path / "x")])
-        == 2
-    )
+    config = _config(tmp_path, {"latency_ms": 1e-6})
+    assert main(["run", str(config), "--out", str(tmp_path / "x")]) == 2
     assert "budget.latency_ms=1e-06 cannot be met" in capsys.readouterr().err
-    config = _config(tmp_path, {"latency_ms": 1.0}, granularity="weight")
-    assert main(["run", str(config), "--out", str(tmp_path / "y")]) == 2
-    assert "budget.latency_ms needs space.granularity: channel" in capsys.readouterr().err
+
+
+def test_latency_aware_fitness_is_mnasnets_objective_on_predicted_latency(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = 0.05
+    fitness = {"name": "latency_aware", "target_ms": target, "weight": -0.5}
+    out = tmp_path / "run"
+    # channel granularity under a sparsity budget: FLOPs, hence latency, vary by candidate
+    curve = _curve(_run(_config(tmp_path, {"sparsity": 0.5}, fitness=fitness), out))
+    rows = _history(out)
+    for row in rows:
+        assert row["latency_ms"] == pytest.approx(curve.predict(row["flops_fraction"]), abs=1e-5)
+        expected = row["val_accuracy"] * (row["latency_ms"] / target) ** -0.5
+        assert math.isclose(row["fitness"], expected, rel_tol=1e-4)  # history rounds to 6 places
+    missing = _config(tmp_path, {"sparsity": 0.5}, fitness={"name": "latency_aware"})
+    assert main(["run", str(missing), "--out", str(tmp_path / "m")]) == 2
+    assert "missing a required argument: 'target_ms'" in capsys.readouterr().err
+    typo = _config(tmp_path, {"sparsity": 0.5}, fitness={"name": "accuracy", "target": 1})
+    assert main(["run", str(typo), "--out", str(tmp_path / "t")]) == 2
+    assert "unexpected keyword argument 'target'" in capsys.readouterr().err
+
+
+@given(
+    times=st.lists(st.floats(0.01, 10.0), min_size=2, max_size=7),
+    share=st.floats(0.0, 1.0),
+)
+def test_the_budget_is_the_largest_fraction_predicted_within_the_target(
+    times: list[float], share: float
+) -> None:
+    fractions = [0.1 + 0.9 * i / (len(times) - 1) for i in range(len(times))]
+    curve = LatencyModel("params_fraction", "test", tuple(zip(fractions, times, strict=True)))
+    low, high = curve.predict(0.1), curve.predict(1.0)
+    assert all(curve.predict(a) <= curve.predict(b) for a, b in itertools.pairwise(fractions))
+    target = low + share * (high - low)
+    fraction = curve.budget(target, 0.1).target
+    assert curve.predict(fraction) <= target + 1e-9
+    if fraction < 0.999 and target < high:
+        assert curve.predict(min(fraction + 1e-3, 1.0)) > target - 1e-9
+    if low > 0.011:
+        with pytest.raises(SpecError, match="cannot be met"):
+            curve.budget(low - 0.01, 0.1)

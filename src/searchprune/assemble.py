@@ -6,6 +6,7 @@ Shared by the run loop and by the Gymnasium environment, which both start from c
 from __future__ import annotations
 
 from searchprune.config import Config, ConfigError
+from searchprune.fitness import LATENCY_FITNESSES, resolve_fitness
 from searchprune.problem import Problem
 from searchprune.registry import import_object, unknown_name_message
 from searchprune.tasks.base import Task
@@ -44,7 +45,7 @@ def build_problem(config: Config, task: Task) -> Problem:
     return Problem(
         task,
         budget=config.budget_spec,
-        fitness=config.fitness.name,
+        fitness=resolve_fitness(config.fitness.name, config.fitness.options),
         space=space.name,
         granularity=space.granularity,
         criterion=space.criterion,
@@ -57,4 +58,5 @@ def build_problem(config: Config, task: Task) -> Problem:
         penalty=config.fitness.penalty,
         device=config.evaluator.device,
         channels_last=config.evaluator.channels_last,
+        predict_latency=config.fitness.predict_latency or config.fitness.name in LATENCY_FITNESSES,
     )

@@ -59,7 +59,16 @@ class SpaceConfig(_Section):
 
 
 class FitnessConfig(_Section):
+    """A built-in fitness name or ``"package.module:function"``; other keys are passed to
+    the function as keyword options (``latency_aware``: ``target_ms``, ``weight``)."""
+
+    model_config = ConfigDict(extra="allow")
     name: str = "accuracy"
+    predict_latency: bool = Field(
+        False,
+        description="measure a latency curve and give every candidate a predicted "
+        "ctx.stats['latency_ms'] (implied by latency_aware and latency_ms budgets)",
+    )
     penalty: float | None = Field(
         None, description="score given to a candidate whose fitness fails"
     )
@@ -68,6 +77,10 @@ class FitnessConfig(_Section):
         ge=0,
         description="train samples for BatchNorm recalibration (default 512 with BN, else 0)",
     )
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class SearcherConfig(_Section):

@@ -6,8 +6,10 @@ A fitness is any callable ``fitness(ctx) -> float | dict``. A dict must hold a
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -75,7 +77,7 @@ class FitnessContext:
 
 
 FitnessFn = Callable[[FitnessContext], "float | dict[str, Any]"]
-FITNESSES: Registry[FitnessFn] = Registry("fitness", "fitness.name")
+FITNESSES: Registry[Callable[..., float | dict[str, Any]]] = Registry("fitness", "fitness.name")
 
 
 @FITNESSES.register("accuracy", "val accuracy of the masked model")
@@ -106,17 +108,63 @@ def r_flops(ctx: FitnessContext) -> dict[str, float]:
     return {"fitness": -(1.0 - acc) * math.log(flops), "val_accuracy": acc}
 
 
-def resolve_fitness(fitness: str | FitnessFn) -> FitnessFn:
+@FITNESSES.register(
+    "latency_aware", "MnasNet's ACC x (LAT/T)^w on the predicted latency (Tan et al. 2019)"
+)
+def latency_aware(
+    ctx: FitnessContext, *, target_ms: float, weight: float = -0.07
+) -> dict[str, float]:
+    """MnasNet's latency-aware objective ``ACC(m) x (LAT(m) / T) ** w`` (Tan et al. 2019,
+    eq. 2), with their soft-constraint exponent ``w = -0.07`` by default: a model twice as
+    slow as the target ``T`` loses about 5% of its score, one twice as fast gains as much.
+    ``LAT`` is the candidate's predicted latency (``ctx.stats["latency_ms"]``, from the
+    latency curve the run measures when this fitness is chosen).
+    """
+    if target_ms <= 0:
+        raise ValueError(f"fitness.target_ms must be positive, got {target_ms}")
+    if "latency_ms" not in ctx.stats:
+        raise ValueError(
+            "latency_aware needs predicted latency: build the Problem with predict_latency=True"
+        )
+    acc = ctx.accuracy()
+    latency = ctx.stats["latency_ms"]
+    score = acc * (latency / target_ms) ** weight
+    return {"fitness": score, "val_accuracy": acc, "latency_ms": latency}
+
+
+LATENCY_FITNESSES = frozenset({"latency_aware"})
+
+
+def resolve_fitness(
+    fitness: str | FitnessFn, options: Mapping[str, Any] | None = None
+) -> FitnessFn:
     """A fitness callable from a built-in name, a ``"package.module:function"`` string,
-    or the callable itself."""
+    or the callable itself, with keyword ``options`` bound.
+
+    :raises SpecError: naming the fitness and its options when ``options`` do not fit its
+        signature (an unknown key, a missing required one).
+    """
+    fn: Callable[..., float | dict[str, Any]]
     if callable(fitness):
-        return fitness
-    if ":" in fitness:
-        fn = import_object(fitness, "fitness.name")
-        if not callable(fn):
+        fn = fitness
+    elif ":" in fitness:
+        found = import_object(fitness, "fitness.name")
+        if not callable(found):
             raise SpecError(f"fitness.name: {fitness!r} is not callable")
-        return fn
-    return FITNESSES.get(fitness)
+        fn = found
+    else:
+        fn = FITNESSES.get(fitness)
+    options = dict(options or {})
+    signature = inspect.signature(fn)
+    try:
+        signature.bind(None, **options)
+    except TypeError as error:
+        accepted = [name for name in list(signature.parameters)[1:]]
+        raise SpecError(
+            f"fitness {getattr(fn, '__name__', fitness)!r}: {error}; its options are "
+            f"{accepted or 'none'} (set them as fitness.<option> keys)"
+        ) from None
+    return partial(fn, **options) if options else fn
 
 
 def call_fitness(

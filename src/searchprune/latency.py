@@ -1,14 +1,23 @@
-"""Latency as a budget and a metric: a latency model fitted by measurement.
+"""Latency as a budget and a metric: a latency curve measured under the real kernels.
 
-Searching on measured latency would time every candidate; instead the latency of the
-*compacted* model (:func:`searchprune.kernels.compact`) is measured once at a few
-uniform channel ratios and fitted as ``latency = intercept + slope * flops_fraction``
-(least squares; on these small models latency does not fall in proportion to FLOPs, and
-the intercept captures what does not shrink). A ``latency_ms`` budget becomes the FLOPs
-budget the model predicts, so repair and every searcher work unchanged; every candidate
-gets a predicted ``latency_ms`` in its stats (a fitness can weigh it), and the report
-measures the best model's real latency. Measurements: one thread, batch of one, warm-up,
-median of repeated runs (:func:`searchprune.kernels.median_latency`).
+Timing every candidate would cost more than scoring it, so the latency of the pruned
+model *as it would be deployed* is measured once, when the run starts, at a few uniform
+pruning ratios, and interpolated in between:
+
+- channel granularity: the compacted model (:func:`searchprune.kernels.compact`),
+  against its FLOPs fraction;
+- weight granularity: the masked model with every layer on the fastest of dense, CSR,
+  BSR and gather-scatter kernels (:func:`searchprune.kernels.sparsify`, ``auto``),
+  against its params (kept weights) fraction.
+
+The curve is piecewise linear through the measured points, made non-decreasing (a
+running maximum from the sparsest point up; more weights never predict a faster model).
+A ``latency_ms`` budget becomes the FLOPs or params budget the curve predicts, so repair
+and every searcher work unchanged; every candidate gets a predicted ``latency_ms`` in its
+stats (the ``latency_aware`` fitness and plug-in fitnesses read it), and the report
+measures the best model's real latency. Measurements: one thread, the task's example
+batch (one sample), warm-up, median of repeated runs
+(:func:`searchprune.kernels.median_latency`).
 """
 
 from __future__ import annotations
@@ -25,11 +34,16 @@ from searchprune.core.graph import DependencyGraph
 from searchprune.core.layers import LayerInfo
 from searchprune.core.masks import MaskSet
 from searchprune.core.units import CostModel
-from searchprune.kernels import compact, median_latency
+from searchprune.kernels import compact, median_latency, sparsify
 from searchprune.registry import SpecError
 from searchprune.space import LayerRatioSpace
 
-RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)
+RATIOS = {
+    "channel": (0.0, 0.2, 0.4, 0.6, 0.8),
+    "weight": (0.0, 0.5, 0.8, 0.9, 0.95, 0.98),
+}
+AXES = {"channel": "flops_fraction", "weight": "params_fraction"}
+KERNELS = {"channel": "compact model", "weight": "sparsify auto"}
 
 
 def measure_ms(model: nn.Module, example: Tensor, repeats: int = 30) -> float:
@@ -42,33 +56,63 @@ def measure_ms(model: nn.Module, example: Tensor, repeats: int = 30) -> float:
         torch.set_num_threads(threads)
 
 
+def deployed(
+    model: nn.Module,
+    masks: MaskSet,
+    layers: list[LayerInfo],
+    graph: DependencyGraph,
+    granularity: str,
+    example: Tensor,
+) -> nn.Module:
+    """``model`` pruned by ``masks`` as it runs: compacted at channel granularity, else on
+    the fastest kernel per layer for ``example`` (both copies; ``model`` is untouched)."""
+    if granularity == "channel":
+        return compact(model, masks, layers, graph)
+    return sparsify(model, example, masks=masks, format="auto", repeats=5)[0]
+
+
 @dataclass(frozen=True)
 class LatencyModel:
-    """``latency_ms = intercept + slope * flops_fraction``, fitted on measured points."""
+    """Latency in ms against one cost fraction (``axis``), interpolated between measured
+    ``points`` on their non-decreasing envelope."""
 
-    intercept: float
-    slope: float
-    points: tuple[tuple[float, float], ...]  # (flops fraction, measured ms)
+    axis: str  # "flops_fraction" or "params_fraction"
+    kernels: str  # how the measured models ran
+    points: tuple[tuple[float, float], ...]  # (fraction, measured ms), fraction ascending
 
-    def predict(self, flops_fraction: float) -> float:
-        return self.intercept + self.slope * flops_fraction
+    def _curve(self) -> tuple[np.ndarray, np.ndarray]:
+        fractions, times = np.array(self.points, dtype=np.float64).T
+        return fractions, np.maximum.accumulate(times)
 
-    def flops_budget(self, target_ms: float, lowest_fraction: float) -> Budget:
-        """The FLOPs budget whose predicted latency is ``target_ms``.
+    def predict(self, fraction: float) -> float:
+        """Predicted latency in ms at cost ``fraction`` (held flat beyond the points)."""
+        fractions, times = self._curve()
+        return float(np.interp(fraction, fractions, times))
+
+    def budget(self, target_ms: float, lowest_fraction: float) -> Budget:
+        """The FLOPs (channel) or params (weight) budget whose predicted latency is
+        ``target_ms``: the largest fraction the curve keeps within the target.
 
         :raises SpecError: when even ``lowest_fraction`` (the most the space can remove)
             is predicted slower than the target.
         """
+        fractions, times = self._curve()
+        kind = "flops" if self.axis == "flops_fraction" else "params"
         fastest = self.predict(lowest_fraction)
         if target_ms < fastest:
             raise SpecError(
-                f"budget.latency_ms={target_ms} cannot be met: the fitted latency model "
-                f"predicts {fastest:.4f} ms at the most pruning the space allows (measured "
-                f"points: {[(round(f, 3), round(ms, 4)) for f, ms in self.points]}). Raise "
-                "budget.latency_ms or space.max_ratio."
+                f"budget.latency_ms={target_ms} cannot be met: the measured latency curve "
+                f"({self.kernels}) predicts {fastest:.4f} ms at the most pruning the space "
+                f"allows (points: {[(round(f, 3), round(ms, 4)) for f, ms in self.points]}). "
+                "Raise budget.latency_ms or space.max_ratio."
             )
-        fraction = (target_ms - self.intercept) / self.slope if self.slope > 0 else 1.0
-        return Budget("flops", float(min(max(fraction, lowest_fraction), 0.999)))
+        fraction = float(fractions[-1])
+        if target_ms < times[-1]:
+            above = int(np.searchsorted(times, target_ms, side="right"))  # first point slower
+            low_f, high_f = fractions[above - 1], fractions[above]
+            low_t, high_t = times[above - 1], times[above]
+            fraction = float(low_f + (high_f - low_f) * (target_ms - low_t) / (high_t - low_t))
+        return Budget(kind, float(min(max(fraction, lowest_fraction), 0.999)))
 
     @classmethod
     def fit(
@@ -81,19 +125,20 @@ class LatencyModel:
         example: Tensor,
         max_ratio: float,
     ) -> LatencyModel:
-        """Measure compacted models at uniform channel ratios and fit the line."""
-        if cost.granularity != "channel":
+        """Measure the deployed model at uniform ratios up to ``max_ratio``."""
+        granularity = cost.granularity
+        if granularity not in RATIOS:
             raise SpecError(
-                "budget.latency_ms needs space.granularity: channel (latency is measured on "
-                "the compacted model, which only channel pruning makes smaller)"
+                f"latency is measured at space.granularity weight or channel, not {granularity!r}"
             )
+        axis = AXES[granularity]
         decoder = LayerRatioSpace(cost, Budget("flops", 0.999), weight_scores, max_ratio=max_ratio)
+        ratios = sorted({r for r in RATIOS[granularity] if r < max_ratio} | {max_ratio})
         points = []
-        for ratio in (r for r in RATIOS if r <= max_ratio):
+        for ratio in ratios:
             genome = np.full(decoder.dim, ratio)
             masks: MaskSet = decoder.decode(genome)
-            fraction = float(cost.fractions(decoder.removed(genome))["flops_fraction"][0])
-            points.append((fraction, measure_ms(compact(model, masks, layers, graph), example)))
-        fractions, times = np.array(points).T
-        slope, intercept = np.polyfit(fractions, times, 1)
-        return cls(float(intercept), float(slope), tuple(points))
+            fraction = float(cost.fractions(decoder.removed(genome))[axis][0])
+            runnable = deployed(model, masks, layers, graph, granularity, example)
+            points.append((fraction, measure_ms(runnable, example)))
+        return cls(axis, KERNELS[granularity], tuple(sorted(points)))

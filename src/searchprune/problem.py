@@ -31,7 +31,7 @@ from searchprune.fitness import (
 )
 from searchprune.latency import LatencyModel
 from searchprune.pruners.criteria import CRITERIA
-from searchprune.space import SPACES, LayerRatioSpace, Space
+from searchprune.space import SPACES, LayerRatioSpace, Space, default_max_ratio
 from searchprune.tasks.base import Split, Task
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -55,7 +55,12 @@ def _on_device(split: Split, device: torch.device) -> Split:
 
 
 class Problem:
-    """Scores genomes of a :class:`Space` on a task's val split under a budget."""
+    """Scores genomes of a :class:`Space` on a task's val split under a budget.
+
+    With a ``latency_ms`` budget or ``predict_latency``, a latency curve is measured when
+    the problem is built (:class:`~searchprune.latency.LatencyModel`) and every
+    candidate's stats carry its predicted ``latency_ms``.
+    """
 
     def __init__(
         self,
@@ -75,6 +80,7 @@ class Problem:
         penalty: float | None = None,
         device: str = "cpu",
         channels_last: bool = True,
+        predict_latency: bool = False,
     ) -> None:
         self.task = task.without_test()
         self.fitness = resolve_fitness(fitness)
@@ -95,8 +101,8 @@ class Problem:
         self.criterion = criterion
         self.weight_scores = CRITERIA.get(criterion)(self.model, prunable, self.task)
         self.latency: LatencyModel | None = None
-        if budget.kind == "latency_ms":
-            budget = self._latency_budget(budget, example, max_ratio)
+        if budget.kind == "latency_ms" or predict_latency:
+            budget = self._fit_latency(budget, example, max_ratio)
         self.budget = budget
         self.space: Space = SPACES.get(space)(
             self.cost,
@@ -131,17 +137,20 @@ class Problem:
         self._place()
         return self
 
-    def _latency_budget(self, budget: Budget, example: Tensor, max_ratio: float | None) -> Budget:
-        """Fit the latency model and turn a ``latency_ms`` budget into a FLOPs budget."""
-        upper = max_ratio if max_ratio is not None else 0.9
+    def _fit_latency(self, budget: Budget, example: Tensor, max_ratio: float | None) -> Budget:
+        """Measure the latency curve; turn a ``latency_ms`` budget into the FLOPs or params
+        budget it predicts (other budgets are returned as they are)."""
+        upper = max_ratio if max_ratio is not None else default_max_ratio(self.granularity)
         self.latency = LatencyModel.fit(
             self.model, self.layers, self.graph, self.cost, self.weight_scores, example, upper
         )
+        if budget.kind != "latency_ms":
+            return budget
         most = LayerRatioSpace(
             self.cost, Budget("flops", 0.999), self.weight_scores, max_ratio=upper
         )
-        lowest = float(self.cost.fractions(most.repairer.k_max)["flops_fraction"])
-        return self.latency.flops_budget(budget.target, lowest)
+        lowest = float(self.cost.fractions(most.repairer.k_max)[self.latency.axis])
+        return self.latency.budget(budget.target, lowest)
 
     def _calibration_batch(self, samples: int) -> Tensor:
         """The first ``samples`` train inputs, in the split's fixed order."""
@@ -231,8 +240,7 @@ class Problem:
                 stats = {key: float(values[index]) for key, values in figures.items()}
                 stats["flops"] = stats["flops_fraction"] * self.cost.dense_flops
                 stats["params"] = stats["params_fraction"] * self.cost.dense_params
-                if self.latency is not None:
-                    stats["latency_ms"] = self.latency.predict(stats["flops_fraction"])
+                stats = self._with_latency(stats)
                 self.space.apply(genome, removed[index], self.applier)
                 decode = partial(self.space.decode, genome)
                 results[index] = self._score(decode, stats, labels[index])
@@ -253,13 +261,20 @@ class Problem:
     def exact_stats(self, masks: MaskSet) -> dict[str, float]:
         """Exact sparsity, FLOPs and params of ``masks`` (dead units included)."""
         exact = mask_stats(masks, self.layers, self.graph)
-        return {
+        stats = {
             "sparsity": exact.sparsity,
             "flops_fraction": exact.flops_fraction,
             "params_fraction": exact.params_fraction,
             "flops": float(exact.flops),
             "params": float(exact.params),
         }
+        return self._with_latency(stats)
+
+    def _with_latency(self, stats: dict[str, float]) -> dict[str, float]:
+        """``stats`` with the predicted ``latency_ms`` added, when latency is measured."""
+        if self.latency is not None:
+            stats["latency_ms"] = self.latency.predict(stats[self.latency.axis])
+        return stats
 
     def layer_density(self, masks: MaskSet) -> dict[str, float]:
         """Kept fraction of each prunable layer's weights (dead weights count as removed)."""

@@ -38,8 +38,7 @@ from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
 from searchprune.finetune import finetune
 from searchprune.fitness import FITNESSES
-from searchprune.kernels import compact
-from searchprune.latency import measure_ms
+from searchprune.latency import deployed, measure_ms
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
 from searchprune.pruners.training import TRAINING_METHODS
@@ -243,9 +242,17 @@ def _figures(
         "params_fraction": stats["params_fraction"],
     }
     if problem.latency is not None:
-        small = compact(problem.masked_copy(masks), masks, problem.layers, problem.graph)
-        figures["latency_ms"] = measure_ms(small, problem.task.example_input().to(problem.device))
-        figures["latency_ms_predicted"] = problem.latency.predict(stats["flops_fraction"])
+        example = problem.task.example_input().to(problem.device)
+        runnable = deployed(
+            problem.masked_copy(masks),
+            masks,
+            problem.layers,
+            problem.graph,
+            problem.granularity,
+            example,
+        )
+        figures["latency_ms"] = measure_ms(runnable, example)
+        figures["latency_ms_predicted"] = stats["latency_ms"]
     tune = config.finetune
     if tune.epochs > 0:
         tuned = finetune(
@@ -345,10 +352,10 @@ def finish(
         summary["method_info"] = method_info
     if problem.latency is not None:
         summary["latency_model"] = {
-            "intercept_ms": problem.latency.intercept,
-            "slope_ms": problem.latency.slope,
+            "axis": problem.latency.axis,
+            "kernels": problem.latency.kernels,
             "points": problem.latency.points,
-            "flops_budget": problem.budget.target,
+            "search_budget": {problem.budget.kind: problem.budget.target},
         }
     if front:
         summary["pareto_front"] = write_front(

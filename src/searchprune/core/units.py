@@ -54,7 +54,7 @@ def build_units(layers: list[LayerInfo], graph: DependencyGraph, granularity: st
         ]
     raise SpecError(
         f"search spaces support granularity weight or channel, not {granularity!r}; "
-        "n:m masks come from MaskSet and the magnitude baselines"
+        "n:m masks come from searchprune.core.masks.nm_mask"
     )
 
 

@@ -8,8 +8,8 @@ stores such a weight compressed with :func:`torch.sparse.to_sparse_semi_structur
 float16 here, and its input and output cast around the product, so the layer stays a
 drop-in replacement (expect float16 rounding in its outputs).
 
-Weights get the pattern from a search at ``space.granularity: "2:4"``
-(:func:`searchprune.core.masks.nm_mask`).
+Weights get the pattern from :func:`searchprune.core.masks.nm_mask` (``nm_mask(scores,
+2, 4)``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def check_semi_structured(weight: Tensor, name: str = "layer") -> None:
     if not is_two_four(weight):
         raise ValueError(
             f"{name}: the weight is not 2:4 sparse (at most 2 nonzeros in every 4 "
-            'consecutive inputs); search with space.granularity: "2:4"'
+            "consecutive inputs); make its mask with searchprune.core.masks.nm_mask(scores, 2, 4)"
         )
     rows, columns = weight.shape[0], weight[0].numel()
     if rows % ROW_MULTIPLE or columns % COLUMN_MULTIPLE:

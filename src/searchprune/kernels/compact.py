@@ -61,11 +61,20 @@ def _input_keep(layer: LayerInfo, graph: DependencyGraph, alive: dict[int, Tenso
     return keep.repeat_interleave(source.repeat) if source.repeat > 1 else keep
 
 
+def in_layout_of(tensor: Tensor, reference: Tensor) -> Tensor:
+    """``tensor`` in ``reference``'s memory format (NHWC weights stay NHWC, which the
+    NHWC convolutions of a ``channels_last`` model need to stay fast)."""
+    nhwc = reference.dim() == 4 and not reference.is_contiguous()
+    if nhwc and reference.is_contiguous(memory_format=torch.channels_last):
+        return tensor.contiguous(memory_format=torch.channels_last)
+    return tensor.contiguous()
+
+
 def _shrunk_layer(module: nn.Module, out_keep: Tensor, in_keep: Tensor) -> nn.Module:
     """A copy of a Linear/Conv layer holding only the kept outputs and inputs."""
     new = copy.deepcopy(module)
-    weight = cast(Tensor, module.weight)
-    new.weight = nn.Parameter(weight.detach()[out_keep][:, in_keep].clone())
+    weight = cast(Tensor, module.weight).detach()
+    new.weight = nn.Parameter(in_layout_of(weight[out_keep][:, in_keep].clone(), weight))
     bias = getattr(module, "bias", None)
     if isinstance(bias, Tensor):
         new.bias = nn.Parameter(bias.detach()[out_keep].clone())

@@ -14,6 +14,8 @@ import copy
 
 from torch import Tensor, nn
 
+from searchprune.kernels.compact import in_layout_of
+
 Layer = nn.Linear | nn.Conv1d | nn.Conv2d
 
 
@@ -62,7 +64,7 @@ class GatherScatterLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.all_inputs:
-            x = x.index_select(self.channel_dim, self.live_inputs)
+            x = in_layout_of(x.index_select(self.channel_dim, self.live_inputs), x)
         y: Tensor = self.inner(x)
         if self.all_outputs:
             return y
@@ -70,7 +72,7 @@ class GatherScatterLayer(nn.Module):
         shape[self.channel_dim] = self.out_features
         view = [1] * len(shape)
         view[self.channel_dim] = self.out_features
-        out = self.output_bias.reshape(view).expand(shape).contiguous()
+        out = in_layout_of(self.output_bias.reshape(view).expand(shape), y)
         return out.index_copy_(self.channel_dim % len(shape), self.live_outputs, y)
 
 
@@ -84,8 +86,9 @@ def _at_least_one(live: Tensor) -> Tensor:
 def _submatrix_layer(layer: Layer, rows: Tensor, columns: Tensor) -> Layer:
     """A copy of ``layer`` restricted to output ``rows`` and input ``columns``."""
     inner = copy.deepcopy(layer)
-    weight = layer.weight.detach().index_select(0, rows).index_select(1, columns)
-    inner.weight = nn.Parameter(weight.contiguous(), requires_grad=False)
+    weight = layer.weight.detach()
+    kept = in_layout_of(weight.index_select(0, rows).index_select(1, columns), weight)
+    inner.weight = nn.Parameter(kept, requires_grad=False)
     if layer.bias is not None:
         inner.bias = nn.Parameter(layer.bias.detach()[rows].clone(), requires_grad=False)
     if isinstance(inner, nn.Linear):

@@ -9,13 +9,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
 from searchprune.cli import main
-from searchprune.latency import LatencyModel
+from searchprune.latency import LatencyModel, non_decreasing_fit
 from searchprune.registry import SpecError
 
 
@@ -130,3 +131,14 @@ def test_the_budget_is_the_largest_fraction_predicted_within_the_target(
     if low > 0.011:
         with pytest.raises(SpecError, match="cannot be met"):
             curve.budget(low - 0.01, 0.1)
+
+
+@given(st.lists(st.floats(-5.0, 5.0), min_size=1, max_size=12))
+def test_the_non_decreasing_fit_is_isotonic_regression(values: list[float]) -> None:
+    fitted = non_decreasing_fit(np.array(values))
+    assert len(fitted) == len(values)
+    assert all(a <= b + 1e-12 for a, b in itertools.pairwise(fitted))
+    assert sum(fitted) == pytest.approx(sum(values), abs=1e-9)  # pooling keeps the mean
+    if values == sorted(values):
+        assert fitted.tolist() == pytest.approx(values)
+    assert non_decreasing_fit(np.array([3.0, 1.0, 2.0])).tolist() == pytest.approx([2.0, 2.0, 2.0])

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 BIN = Path(sys.executable).parent
 
@@ -75,27 +74,35 @@ def test_run_on_a_two_node_loopback_cluster(tmp_path: Path) -> None:
             env=env,
         )
         assert worker.returncode == 0, worker.stderr
-        config = tmp_path / "c.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "task": "digits-mlp",
-                    "budget": {"sparsity": 0.9},
-                    "searcher": {"name": "ga", "population": 16},
-                    "evaluator": {"actors": 2},
-                    "run": {"max_evals": 64, "progress": False},
-                }
-            )
-        )
+        config = Path(__file__).resolve().parents[1] / "configs" / "cluster" / "digits-cnn.yaml"
+        small = ["--set", "run.max_evals=64", "--set", "searcher.population=16"]
+        small += ["--set", "run.progress=false"]
         out = tmp_path / "cluster"
         result = _searchprune(
-            "run", str(config), "--out", str(out), "--ray-address", f"127.0.0.1:{port}", env=env
+            "run",
+            str(config),
+            *small,
+            "--out",
+            str(out),
+            "--ray-address",
+            f"127.0.0.1:{port}",
+            env=env,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["evaluations"] == 64 and summary["best"]["sparsity"] >= 0.9 - 1e-6
         local = tmp_path / "local"
-        assert _searchprune("run", str(config), "--out", str(local), env=env).returncode == 0
+        local_run = _searchprune(
+            "run",
+            str(config),
+            *small,
+            "--set",
+            "evaluator.name=local",
+            "--out",
+            str(local),
+            env=env,
+        )
+        assert local_run.returncode == 0, local_run.stderr[-2000:]
         assert json.loads((local / "summary.json").read_text())["best"] == summary["best"]
         job_out = tmp_path / "job"
         job = _ray(
@@ -107,6 +114,7 @@ def test_run_on_a_two_node_loopback_cluster(tmp_path: Path) -> None:
             str(BIN / "searchprune"),
             "run",
             str(config),
+            *small,
             "--out",
             str(job_out),
             "--ray-address",

@@ -10,8 +10,9 @@ pruning ratios, and interpolated in between:
   BSR and gather-scatter kernels (:func:`searchprune.kernels.sparsify`, ``auto``),
   against its params (kept weights) fraction.
 
-The curve is piecewise linear through the measured points, made non-decreasing (a
-running maximum from the sparsest point up; more weights never predict a faster model).
+The curve is piecewise linear through the measured points after an isotonic
+(non-decreasing) least-squares fit: more weights never predict a faster model, and one
+noisy point is averaged with its neighbour instead of lifting the curve.
 A ``latency_ms`` budget becomes the FLOPs or params budget the curve predicts, so repair
 and every searcher work unchanged; every candidate gets a predicted ``latency_ms`` in its
 stats (the ``latency_aware`` fitness and plug-in fitnesses read it), and the report
@@ -71,10 +72,24 @@ def deployed(
     return sparsify(model, example, masks=masks, format="auto", repeats=5)[0]
 
 
+def non_decreasing_fit(values: np.ndarray) -> np.ndarray:
+    """The least-squares non-decreasing sequence closest to ``values`` (isotonic
+    regression by pooling adjacent violators: a point measured slower than the next one
+    is averaged with it, so one noisy point does not lift the whole curve)."""
+    blocks: list[list[float]] = []  # [mean, count] per pooled block
+    for value in values.tolist():
+        blocks.append([value, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (mean_b, count_b), (mean_a, count_a) = blocks.pop(), blocks.pop()
+            count = count_a + count_b
+            blocks.append([(mean_a * count_a + mean_b * count_b) / count, count])
+    return np.repeat([mean for mean, _ in blocks], [int(count) for _, count in blocks])
+
+
 @dataclass(frozen=True)
 class LatencyModel:
     """Latency in ms against one cost fraction (``axis``), interpolated between measured
-    ``points`` on their non-decreasing envelope."""
+    ``points`` after their non-decreasing fit."""
 
     axis: str  # "flops_fraction" or "params_fraction"
     kernels: str  # how the measured models ran
@@ -82,7 +97,7 @@ class LatencyModel:
 
     def _curve(self) -> tuple[np.ndarray, np.ndarray]:
         fractions, times = np.array(self.points, dtype=np.float64).T
-        return fractions, np.maximum.accumulate(times)
+        return fractions, non_decreasing_fit(times)
 
     def predict(self, fraction: float) -> float:
         """Predicted latency in ms at cost ``fraction`` (held flat beyond the points)."""

@@ -146,13 +146,16 @@ def pick_from_front(run_dir: str | Path, max_cost: float) -> dict[str, Any]:
 
 
 def comparison_table(summary: Mapping[str, Any]) -> str:
-    """The side-by-side console table: dense, best found, and each baseline (with test
-    accuracy after fine-tuning when the run fine-tuned)."""
+    """The side-by-side console table: dense, best found, and each baseline (with the
+    measured latency when the run measured it, and test accuracy after fine-tuning when
+    the run fine-tuned)."""
     budget = ", ".join(f"{k} {v}" for k, v in summary["budget"].items())
     rows = [("dense", summary["dense"]), (f"best ({summary['method']})", summary["best"])]
     rows += list(summary["baselines"].items())
     tuned = "finetuned" in summary["best"]
+    timed = "latency_model" in summary
     header = f"{'':<26}{'val acc':>9}{'test acc':>10}{'sparsity':>10}{'FLOPs':>8}{'params':>8}"
+    header += f"{'latency':>11}" if timed else ""
     lines = [
         f"budget: {budget}   evaluations: {summary['evaluations']}   "
         f"wall time: {summary['wall_time_s']:.1f} s",
@@ -165,6 +168,9 @@ def comparison_table(summary: Mapping[str, Any]) -> str:
             f"{_pct(figures.get('flops_fraction', 1.0)):>8}"
             f"{_pct(figures.get('params_fraction', 1.0)):>8}"
         )
+        if timed:
+            latency = figures.get("latency_ms")
+            line += f"{'-' if latency is None else f'{latency:.3f} ms':>11}"
         if tuned:
             line += f"{_pct(figures.get('finetuned', {}).get('test_accuracy')):>12}"
         lines.append(line)

@@ -225,6 +225,15 @@ def _test_split(task: Task, device: torch.device) -> Split | None:
     )
 
 
+def _dense_latency(problem: Problem) -> dict[str, float]:
+    """The dense model's measured latency, when the run measures latency."""
+    if problem.latency is None:
+        return {}
+    return {
+        "latency_ms": measure_ms(problem.model, problem.task.example_input().to(problem.device))
+    }
+
+
 def _figures(
     config: Config, problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None
 ) -> dict[str, Any]:
@@ -341,6 +350,7 @@ def finish(
         "dense": {
             "val_accuracy": dense_val.accuracy,
             "test_accuracy": dense_test.accuracy if dense_test else None,
+            **_dense_latency(problem),
         },
         "best": {
             **_figures(config, best_problem, masks, evaluation, test),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,20 +15,41 @@ import ray
 
 from searchprune.core.budget import Budget
 from searchprune.evaluate import LocalEvaluator
-from searchprune.evaluate.ray import RayEvaluator
+from searchprune.evaluate.ray import RayEvaluator, RayWorkerError
+from searchprune.fitness import FitnessContext
 from searchprune.problem import Problem
 from searchprune.tasks.base import Task
 
 BIN = Path(sys.executable).parent
 
 
+def _ray_processes() -> set[int]:
+    """Pids of Ray's own daemons (raylet, GCS server) running on this machine."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:  # the process ended while we looked
+                continue
+            if b"raylet" in command or b"gcs_server" in command:
+                pids.add(int(entry.name))
+    return pids
+
+
 @pytest.fixture(scope="module")
 def ray_evaluator(digits_mlp_task: Task) -> Iterator[RayEvaluator]:
+    before = _ray_processes()
     problem = Problem(digits_mlp_task, budget=Budget("sparsity", 0.9))
     evaluator = RayEvaluator(problem, actors=2, cache=False)
+    assert _ray_processes() - before, "a local Ray instance was started"
     yield evaluator
     evaluator.close()
     assert not ray.is_initialized()
+    deadline = time.monotonic() + 20
+    while _ray_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _ray_processes() - before, "Ray processes outlived close()"
 
 
 def test_ray_results_equal_local_results(ray_evaluator: RayEvaluator) -> None:
@@ -49,3 +72,35 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost(ray_evaluator: RayEvalua
     results = ray_evaluator.evaluate(genomes)
     assert [r.fitness for r in results] == expected
     assert ray_evaluator.replaced == replaced + 1
+
+
+def test_an_actor_killed_mid_evaluation_loses_nothing(ray_evaluator: RayEvaluator) -> None:
+    problem = ray_evaluator.problem
+    genomes = problem.space.sample(np.random.default_rng(2), 3000)
+    expected = [r.fitness for r in LocalEvaluator(problem, cache=False).evaluate(genomes)]
+    replaced = ray_evaluator.replaced
+    killer = threading.Timer(0.3, ray.kill, args=(ray_evaluator.actors[1],))
+    killer.start()
+    started = time.perf_counter()
+    results = ray_evaluator.evaluate(genomes)
+    killer.join()
+    assert time.perf_counter() - started > 0.3, "the kill must land while chunks are in flight"
+    assert [r.fitness for r in results] == expected
+    assert ray_evaluator.replaced == replaced + 1
+
+
+def test_candidates_that_keep_killing_actors_are_named(ray_evaluator: RayEvaluator) -> None:
+    def exit_process(ctx: FitnessContext) -> float:  # a crash no exception can report
+        os._exit(3)
+
+    task = ray_evaluator.problem.task
+    problem = Problem(task, budget=Budget("sparsity", 0.9), fitness=exit_process)
+    # num_cpus=0: the fixture's two actors hold this Ray instance's two CPUs
+    evaluator = RayEvaluator(problem, actors=1, num_cpus=0, chunk=2, cache=False)
+    try:
+        genomes = problem.space.sample(np.random.default_rng(3), 4)
+        with pytest.raises(RayWorkerError, match="died 3 times while scoring candidates #0 to #1"):
+            evaluator.evaluate(genomes)
+        assert evaluator.replaced == 2
+    finally:
+        evaluator.close()

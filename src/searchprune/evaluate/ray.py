@@ -42,12 +42,18 @@ class _ProblemActor:
         return results, time.perf_counter() - start
 
 
+class RayWorkerError(RuntimeError):
+    """Ray actors kept dying on the same candidates; the message names them."""
+
+
 class RayEvaluator(Evaluator):
     """Scores candidates in Ray actors; see the module docstring.
 
     ``address`` is a Ray cluster address (``"auto"``, ``"127.0.0.1:6379"``); ``None``
     uses ``RAY_ADDRESS`` when set, else starts a local Ray instance sized for the actors
-    (and stops it on :meth:`close`).
+    (and stops it on :meth:`close`). An actor that dies is replaced and its chunk run again;
+    a chunk that kills ``max_deaths`` actors raises :class:`RayWorkerError` naming its
+    candidates.
     """
 
     def __init__(
@@ -61,10 +67,12 @@ class RayEvaluator(Evaluator):
         address: str | None = None,
         chunk: int | None = None,
         target_seconds: float = 0.05,
+        max_deaths: int = 3,
         cache: bool = True,
     ) -> None:
         super().__init__(problem, cache=cache)
         self.chunk, self.target_seconds = chunk, target_seconds
+        self.max_deaths = max_deaths
         self._seconds_per_eval: float | None = None
         self._started_ray = False
         if not ray.is_initialized():
@@ -117,6 +125,7 @@ class RayEvaluator(Evaluator):
             start += size
         results: list[Evaluation | None] = [None] * len(genomes)
         running: dict[Any, tuple[int, tuple[int, int]]] = {}
+        deaths: dict[tuple[int, int], int] = {}
         idle = list(range(len(self.actors)))
         while pending or running:
             while pending and idle:
@@ -127,7 +136,11 @@ class RayEvaluator(Evaluator):
             index, (a, b) = running.pop(done[0])
             try:
                 chunk_results, seconds = ray.get(done[0])
-            except RayActorError:  # the actor died: replace it, run its chunk again
+            except RayActorError as error:  # the actor died: replace it, run its chunk again
+                deaths[(a, b)] = deaths.get((a, b), 0) + 1
+                if deaths[(a, b)] >= self.max_deaths:
+                    message = self._died_message(labels[a:b], deaths[(a, b)], error)
+                    raise RayWorkerError(message) from None
                 self.actors[index] = self._new_actor()
                 self.replaced += 1
                 pending.appendleft((a, b))
@@ -146,6 +159,16 @@ class RayEvaluator(Evaluator):
             idle.append(index)
         assert all(result is not None for result in results)
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _died_message(labels: list[str], deaths: int, error: Exception) -> str:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return (
+            f"a Ray actor died {deaths} times while scoring candidates {labels[0]} to "
+            f"{labels[-1]}; one of them probably kills the process (out of memory, a crash "
+            "in the fitness or the model). Check the worker logs under "
+            f"/tmp/ray/session_latest/logs. Last error: {first}"
+        )
 
     def close(self) -> None:
         for actor in self.actors:

@@ -113,6 +113,9 @@ class EvaluatorConfig(_Section):
         None, description="ray: cluster address (default RAY_ADDRESS or a local Ray)"
     )
     chunk: int | None = Field(None, ge=1, description="ray: genomes per call (default adaptive)")
+    max_deaths: int = Field(
+        3, ge=1, description="ray: actor deaths on one chunk before the run stops, naming it"
+    )
 
 
 class RunConfig(_Section):

@@ -84,6 +84,7 @@ def build_evaluator(config: Config, problem: Problem) -> Evaluator:
         threads=spec.threads,
         address=spec.address,
         chunk=spec.chunk,
+        max_deaths=spec.max_deaths,
         cache=spec.cache,
     )
 

@@ -168,3 +168,19 @@ def test_two_four_kernels_equal_the_masked_model_on_a_gpu() -> None:
     torch.testing.assert_close(sparse(x), model(x), rtol=1e-2, atol=1e-2)
     _, auto_chosen = sparsify(model, x, format="auto")
     assert set(auto_chosen.values()) <= {"dense", "csr", "bsr", "2:4"}
+
+
+@pytest.mark.parametrize(
+    "layer, shape",
+    [(nn.Linear(6, 5), (6,)), (nn.Conv2d(4, 6, 3, padding=1), (4, 5, 5))],
+)
+def test_a_traced_compact_kernel_runs_at_any_batch_size(
+    layer: nn.Module, shape: tuple[int, ...]
+) -> None:
+    with torch.no_grad():
+        layer.weight[1:3] = 0  # dead outputs
+        layer.weight[:, 0] = 0  # a dead input
+    compact_layer = GatherScatterLayer(layer).eval()
+    traced = torch.jit.trace(compact_layer, torch.randn(1, *shape))
+    x = torch.randn(7, *shape)
+    torch.testing.assert_close(traced(x), layer(x), rtol=1e-4, atol=1e-5)

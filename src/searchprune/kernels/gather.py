@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import Tensor, nn
 
 from searchprune.kernels.compact import in_layout_of
@@ -35,13 +36,17 @@ def has_dead_rows_or_columns(layer: Layer) -> bool:
 class GatherScatterLayer(nn.Module):
     """``layer`` computed on the nonzero rows and columns of its weight only.
 
+    The scatter is shape-free (so a traced copy runs at any batch size): the inner
+    outputs get one zero channel appended, every output channel picks its source (a live
+    row, or the zero channel for a dead one), and the dead rows' bias is added.
+
     :raises ValueError: for grouped convolutions (their input channels are tied to
         output groups) and for layers that are not Linear/Conv1d/Conv2d.
     """
 
     live_inputs: Tensor
-    live_outputs: Tensor
-    output_bias: Tensor
+    source: Tensor
+    dead_bias: Tensor
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
@@ -53,13 +58,17 @@ class GatherScatterLayer(nn.Module):
         live_rows, live_columns = live_rows_and_columns(weight)
         live_outputs, live_inputs = _at_least_one(live_rows), _at_least_one(live_columns)
         self.channel_dim = -1 if isinstance(layer, nn.Linear) else 1
-        self.out_features = weight.shape[0]
         self.all_inputs = len(live_inputs) == weight.shape[1]
         self.all_outputs = len(live_outputs) == weight.shape[0]
         self.register_buffer("live_inputs", live_inputs)
-        self.register_buffer("live_outputs", live_outputs)
+        source = torch.full((weight.shape[0],), len(live_outputs), dtype=torch.long)
+        source[live_outputs] = torch.arange(len(live_outputs))
+        self.register_buffer("source", source.to(weight.device))
         bias = layer.bias.detach() if layer.bias is not None else weight.new_zeros(len(weight))
-        self.register_buffer("output_bias", bias.clone())
+        dead_bias = bias.clone()
+        dead_bias[live_outputs] = 0
+        view = (-1,) if isinstance(layer, nn.Linear) else (-1,) + (1,) * (weight.dim() - 2)
+        self.register_buffer("dead_bias", dead_bias.reshape(view))
         self.inner = _submatrix_layer(layer, live_outputs, live_inputs)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -68,12 +77,9 @@ class GatherScatterLayer(nn.Module):
         y: Tensor = self.inner(x)
         if self.all_outputs:
             return y
-        shape = list(y.shape)
-        shape[self.channel_dim] = self.out_features
-        view = [1] * len(shape)
-        view[self.channel_dim] = self.out_features
-        out = in_layout_of(self.output_bias.reshape(view).expand(shape), y)
-        return out.index_copy_(self.channel_dim % len(shape), self.live_outputs, y)
+        zero = torch.zeros_like(y.narrow(self.channel_dim, 0, 1))
+        padded = torch.cat([y, zero], dim=self.channel_dim)
+        return padded.index_select(self.channel_dim, self.source) + self.dead_bias
 
 
 def _at_least_one(live: Tensor) -> Tensor:

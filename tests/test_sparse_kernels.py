@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from searchprune.core.budget import Budget
-from searchprune.core.masks import nm_mask
+from searchprune.core.masks import MaskSet, nm_mask
 from searchprune.kernels import sparsify
 from searchprune.kernels.gather import GatherScatterLayer, has_dead_rows_or_columns
 from searchprune.kernels.semi_structured import is_two_four, semi_structured_available
@@ -20,22 +20,30 @@ from searchprune.tasks.base import Task
 from searchprune.tasks.models import DigitsCNN, Mnist1dCNN
 
 
-@pytest.mark.parametrize("factory, features", [(DigitsCNN, 64), (Mnist1dCNN, 40)])
-@pytest.mark.parametrize("kind", ["csr", "bsr", "auto"])
-def test_sparse_models_equal_the_masked_model(
-    factory: type[nn.Module], features: int, kind: str
-) -> None:
+def _random_candidate(
+    factory: type[nn.Module], features: int, budget: Budget, granularity: str = "weight"
+) -> tuple[Problem, MaskSet, torch.Tensor]:
+    """A problem over a fresh ``factory()`` model on random inputs, one repaired random
+    candidate's masks, and the inputs."""
     torch.manual_seed(0)
     inputs = torch.randn(32, features)
     labels = torch.zeros(32, dtype=torch.long)
     problem = Problem(
         Task(factory(), (inputs, labels), (inputs, labels)),
-        budget=Budget("sparsity", 0.9),
+        budget=budget,
+        granularity=granularity,
         channels_last=False,
     )
-    masks = problem.space.decode(
-        problem.space.repair(problem.space.sample(np.random.default_rng(0), 1))[0]
-    )
+    genome = problem.space.repair(problem.space.sample(np.random.default_rng(0), 1))[0]
+    return problem, problem.space.decode(genome), inputs
+
+
+@pytest.mark.parametrize("factory, features", [(DigitsCNN, 64), (Mnist1dCNN, 40)])
+@pytest.mark.parametrize("kind", ["csr", "bsr", "auto"])
+def test_sparse_models_equal_the_masked_model(
+    factory: type[nn.Module], features: int, kind: str
+) -> None:
+    problem, masks, inputs = _random_candidate(factory, features, Budget("sparsity", 0.9))
     blocksize = 1 if kind == "bsr" else 16  # BSR blocks must tile every weight
     model, chosen = sparsify(
         problem.model, inputs, masks=masks, format=kind, blocksize=blocksize, repeats=2
@@ -87,17 +95,8 @@ def test_sparse_linear_takes_any_leading_shape_and_uses_int32_indices(
 def test_compact_kernels_equal_the_masked_model_under_channel_pruning(
     factory: type[nn.Module], features: int
 ) -> None:
-    torch.manual_seed(0)
-    inputs = torch.randn(16, features)
-    labels = torch.zeros(16, dtype=torch.long)
-    problem = Problem(
-        Task(factory(), (inputs, labels), (inputs, labels)),
-        budget=Budget("flops", 0.4),
-        granularity="channel",
-        channels_last=False,
-    )
-    masks = problem.space.decode(
-        problem.space.repair(problem.space.sample(np.random.default_rng(3), 1))[0]
+    problem, masks, inputs = _random_candidate(
+        factory, features, Budget("flops", 0.4), granularity="channel"
     )
     model, chosen = sparsify(problem.model, inputs, masks=masks, format="compact")
     with problem.masked(masks) as masked, torch.inference_mode():

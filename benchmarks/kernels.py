@@ -10,6 +10,7 @@ Run: ``.venv/bin/python benchmarks/kernels.py`` on an idle machine, one torch th
    dense model of the compact model and of per-layer ``auto`` kernels, against the FLOPs
    reduction (goal: at least 0.8x), on the built-in CNNs (batch 256) and on a
    compute-bound CIFAR-sized CNN (batch 1 and 32).
+3. On a CUDA GPU of capability 8.0+ only: 2:4 Linear layers against dense float16.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch
 from torch import nn
 
 from searchprune.core.budget import Budget
+from searchprune.core.masks import nm_mask
 from searchprune.kernels import compact, median_latency, sparsify
+from searchprune.kernels.semi_structured import semi_structured_available
 from searchprune.problem import Problem
 from searchprune.runtime import prepare_process
 from searchprune.tasks.base import Task
@@ -72,6 +75,24 @@ def layer_table(widths: list[int], batches: list[int], repeats: int) -> None:
                     f"{speedup['bsr']:>7.2f}x  {next(iter(chosen.values())):<10}"
                     f"{100 * gap:>5.0f}%"
                 )
+
+
+def semi_structured_table(widths: list[int], batches: list[int], repeats: int) -> None:
+    """2:4 layers against dense float16 ones on the GPU, when there is a capable one."""
+    if not semi_structured_available("cuda"):
+        print("\n2:4 kernels: skipped (needs a CUDA GPU of compute capability 8.0+)")
+        return
+    print(f"\n2:4 Linear layer on {torch.cuda.get_device_name()}, float16, speedup over dense")
+    print(f"{'width':>6}{'batch':>6}{'2:4':>8}")
+    for width in widths:
+        for batch in batches:
+            layer = nn.Linear(width, width).cuda().half()
+            with torch.no_grad():
+                layer.weight.mul_(nm_mask(layer.weight.abs(), 2, 4))
+            x = torch.randn(batch, width, device="cuda", dtype=torch.half)
+            sparse, _ = sparsify(layer, x, format="2:4")
+            speedup = _seconds(layer, x, repeats) / _seconds(sparse, x, repeats)
+            print(f"{width:>6}{batch:>6}{speedup:>7.2f}x")
 
 
 class WideCNN(nn.Module):
@@ -146,6 +167,7 @@ def main() -> None:
     prepare_process(1)
     layer_table(args.widths, args.batches, args.repeats)
     compact_table(args.tasks, args.repeats)
+    semi_structured_table(args.widths, args.batches, args.repeats)
 
 
 if __name__ == "__main__":

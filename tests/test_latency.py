@@ -124,13 +124,13 @@ def test_the_budget_is_the_largest_fraction_predicted_within_the_target(
     low, high = curve.predict(0.1), curve.predict(1.0)
     assert all(curve.predict(a) <= curve.predict(b) for a, b in itertools.pairwise(fractions))
     target = low + share * (high - low)
-    fraction = curve.budget(target, 0.1).target
+    fraction = curve.budget(target).target
     assert curve.predict(fraction) <= target + 1e-9
     if fraction < 0.999 and target < high:
         assert curve.predict(min(fraction + 1e-3, 1.0)) > target - 1e-9
     if low > 0.011:
         with pytest.raises(SpecError, match="cannot be met"):
-            curve.budget(low - 0.01, 0.1)
+            curve.budget(low - 0.01)
 
 
 @given(st.lists(st.floats(-5.0, 5.0), min_size=1, max_size=12))
@@ -142,3 +142,25 @@ def test_the_non_decreasing_fit_is_isotonic_regression(values: list[float]) -> N
     if values == sorted(values):
         assert fitted.tolist() == pytest.approx(values)
     assert non_decreasing_fit(np.array([3.0, 1.0, 2.0])).tolist() == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_a_resumed_run_and_an_export_reuse_the_measured_curve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    config = _config(tmp_path, {"latency_ms": 10.0})
+    first = _run(config, out)
+    saved = LatencyModel.load(out / "latency_model.json")
+    assert saved == _curve(first)  # the file holds the curve the run searched with
+
+    def no_timing(*args: object, **kwargs: object) -> LatencyModel:
+        raise AssertionError("the curve was measured again")
+
+    monkeypatch.setattr(LatencyModel, "fit", no_timing)
+    resumed = ["run", "--resume", str(out), "--set", "run.max_evals=40"]
+    assert main(resumed) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["evaluations"] == 40
+    assert summary["latency_model"]["search_budget"] == first["latency_model"]["search_budget"]
+    assert main(["export", str(out), "--format", "compact"]) == 0
+    assert (out / "model-compact.pt").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from searchprune.config import Config, ConfigError
 from searchprune.fitness import LATENCY_FITNESSES, resolve_fitness
+from searchprune.latency import LatencyModel
 from searchprune.problem import Problem
 from searchprune.registry import import_object, unknown_name_message
 from searchprune.tasks.base import Task
@@ -39,8 +40,9 @@ def build_task(config: Config) -> Task:
     return task
 
 
-def build_problem(config: Config, task: Task) -> Problem:
-    """The problem a config describes, over ``task`` (whose test split it drops)."""
+def build_problem(config: Config, task: Task, latency: LatencyModel | None = None) -> Problem:
+    """The problem a config describes, over ``task`` (whose test split it drops);
+    ``latency`` is a latency curve measured before, reused instead of timing again."""
     space = config.space
     return Problem(
         task,
@@ -59,4 +61,5 @@ def build_problem(config: Config, task: Task) -> Problem:
         device=config.evaluator.device,
         channels_last=config.evaluator.channels_last,
         predict_latency=config.fitness.predict_latency or config.fitness.name in LATENCY_FITNESSES,
+        latency=latency,
     )

@@ -4,9 +4,9 @@ Formats:
 
 - ``compact``: the physically smaller dense model (:func:`searchprune.kernels.compact`),
   as TorchScript: ``torch.jit.load(path)`` runs it, no searchprune needed.
-- ``sparse``: the masked model with each Linear/Conv layer on the fastest of dense, CSR
-  and BSR kernels at the export batch size (:func:`searchprune.kernels.sparsify`), as
-  TorchScript.
+- ``sparse``: the masked model with each Linear/Conv layer on the fastest kernel at the
+  export batch size (dense, CSR, BSR or gather-scatter;
+  :func:`searchprune.kernels.sparsify`), as TorchScript.
 - ``masked``: the original architecture with the masks applied (zeros kept), as
   TorchScript.
 - ``torch-prune``: the masked model's ``state_dict`` in ``torch.nn.utils.prune``'s layout
@@ -26,8 +26,9 @@ from torch import nn
 from searchprune.assemble import build_problem, build_task
 from searchprune.core.masks import MaskSet
 from searchprune.kernels import compact, sparsify
+from searchprune.latency import LatencyModel
 from searchprune.problem import Problem
-from searchprune.runner import TRAINED_MODEL, load_run_config
+from searchprune.runner import LATENCY_MODEL, TRAINED_MODEL, load_run_config
 
 FORMATS = ("compact", "sparse", "masked", "torch-prune")
 
@@ -39,7 +40,10 @@ def load_run_problem(run_dir: Path) -> tuple[Problem, MaskSet]:
     task = build_task(config)
     if (run_dir / TRAINED_MODEL).exists():
         task.model.load_state_dict(torch.load(run_dir / TRAINED_MODEL, weights_only=True))
-    problem = build_problem(config, task)
+    measured = run_dir / LATENCY_MODEL
+    problem = build_problem(
+        config, task, LatencyModel.load(measured) if measured.exists() else None
+    )
     return problem, MaskSet.load(run_dir / "best_masks.npz")
 
 

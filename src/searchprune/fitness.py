@@ -159,7 +159,7 @@ def resolve_fitness(
     try:
         signature.bind(None, **options)
     except TypeError as error:
-        accepted = [name for name in list(signature.parameters)[1:]]
+        accepted = list(signature.parameters)[1:]
         raise SpecError(
             f"fitness {getattr(fn, '__name__', fitness)!r}: {error}; its options are "
             f"{accepted or 'none'} (set them as fitness.<option> keys)"

@@ -23,8 +23,11 @@ batch (one sample), warm-up, median of repeated runs
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -95,25 +98,40 @@ class LatencyModel:
     kernels: str  # how the measured models ran
     points: tuple[tuple[float, float], ...]  # (fraction, measured ms), fraction ascending
 
+    def save(self, path: Path) -> None:
+        """Write the measured curve as JSON (a resumed run and an export reuse it)."""
+        path.write_text(
+            json.dumps({"axis": self.axis, "kernels": self.kernels, "points": self.points})
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> LatencyModel:
+        data = json.loads(path.read_text())
+        points = tuple((float(f), float(ms)) for f, ms in data["points"])
+        return cls(data["axis"], data["kernels"], points)
+
+    @cached_property
     def _curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fractions and their fitted latencies (fitted once: predictions run per
+        candidate)."""
         fractions, times = np.array(self.points, dtype=np.float64).T
         return fractions, non_decreasing_fit(times)
 
     def predict(self, fraction: float) -> float:
         """Predicted latency in ms at cost ``fraction`` (held flat beyond the points)."""
-        fractions, times = self._curve()
+        fractions, times = self._curve
         return float(np.interp(fraction, fractions, times))
 
-    def budget(self, target_ms: float, lowest_fraction: float) -> Budget:
+    def budget(self, target_ms: float) -> Budget:
         """The FLOPs (channel) or params (weight) budget whose predicted latency is
         ``target_ms``: the largest fraction the curve keeps within the target.
 
-        :raises SpecError: when even ``lowest_fraction`` (the most the space can remove)
-            is predicted slower than the target.
+        :raises SpecError: when even the first point (the most pruning the space allows,
+            every layer at its largest ratio) is predicted slower than the target.
         """
-        fractions, times = self._curve()
+        fractions, times = self._curve
         kind = "flops" if self.axis == "flops_fraction" else "params"
-        fastest = self.predict(lowest_fraction)
+        lowest_fraction, fastest = float(fractions[0]), float(times[0])
         if target_ms < fastest:
             raise SpecError(
                 f"budget.latency_ms={target_ms} cannot be met: the measured latency curve "
@@ -140,12 +158,9 @@ class LatencyModel:
         example: Tensor,
         max_ratio: float,
     ) -> LatencyModel:
-        """Measure the deployed model at uniform ratios up to ``max_ratio``."""
+        """Measure the deployed model at uniform ratios up to ``max_ratio`` (the last
+        point is the most pruning the space allows)."""
         granularity = cost.granularity
-        if granularity not in RATIOS:
-            raise SpecError(
-                f"latency is measured at space.granularity weight or channel, not {granularity!r}"
-            )
         axis = AXES[granularity]
         decoder = LayerRatioSpace(cost, Budget("flops", 0.999), weight_scores, max_ratio=max_ratio)
         ratios = sorted({r for r in RATIOS[granularity] if r < max_ratio} | {max_ratio})

@@ -31,7 +31,7 @@ from searchprune.fitness import (
 )
 from searchprune.latency import LatencyModel
 from searchprune.pruners.criteria import CRITERIA
-from searchprune.space import SPACES, LayerRatioSpace, Space, default_max_ratio
+from searchprune.space import SPACES, Space, default_max_ratio
 from searchprune.tasks.base import Split, Task
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -58,8 +58,9 @@ class Problem:
     """Scores genomes of a :class:`Space` on a task's val split under a budget.
 
     With a ``latency_ms`` budget or ``predict_latency``, a latency curve is measured when
-    the problem is built (:class:`~searchprune.latency.LatencyModel`) and every
-    candidate's stats carry its predicted ``latency_ms``.
+    the problem is built (:class:`~searchprune.latency.LatencyModel`; ``latency`` passes
+    one measured before, as a resumed run does) and every candidate's stats carry its
+    predicted ``latency_ms``.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class Problem:
         device: str = "cpu",
         channels_last: bool = True,
         predict_latency: bool = False,
+        latency: LatencyModel | None = None,
     ) -> None:
         self.task = task.without_test()
         self.fitness = resolve_fitness(fitness)
@@ -102,7 +104,7 @@ class Problem:
         self.weight_scores = CRITERIA.get(criterion)(self.model, prunable, self.task)
         self.latency: LatencyModel | None = None
         if budget.kind == "latency_ms" or predict_latency:
-            budget = self._fit_latency(budget, example, max_ratio)
+            budget = self._latency_budget(budget, example, max_ratio, latency)
         self.budget = budget
         self.space: Space = SPACES.get(space)(
             self.cost,
@@ -137,20 +139,23 @@ class Problem:
         self._place()
         return self
 
-    def _fit_latency(self, budget: Budget, example: Tensor, max_ratio: float | None) -> Budget:
-        """Measure the latency curve; turn a ``latency_ms`` budget into the FLOPs or params
-        budget it predicts (other budgets are returned as they are)."""
-        upper = max_ratio if max_ratio is not None else default_max_ratio(self.granularity)
-        self.latency = LatencyModel.fit(
-            self.model, self.layers, self.graph, self.cost, self.weight_scores, example, upper
-        )
-        if budget.kind != "latency_ms":
-            return budget
-        most = LayerRatioSpace(
-            self.cost, Budget("flops", 0.999), self.weight_scores, max_ratio=upper
-        )
-        lowest = float(self.cost.fractions(most.repairer.k_max)[self.latency.axis])
-        return self.latency.budget(budget.target, lowest)
+    def _latency_budget(
+        self,
+        budget: Budget,
+        example: Tensor,
+        max_ratio: float | None,
+        measured: LatencyModel | None,
+    ) -> Budget:
+        """Take the ``measured`` latency curve, or measure one; turn a ``latency_ms``
+        budget into the FLOPs or params budget it predicts (others are returned as they
+        are)."""
+        if measured is None:
+            upper = max_ratio if max_ratio is not None else default_max_ratio(self.granularity)
+            measured = LatencyModel.fit(
+                self.model, self.layers, self.graph, self.cost, self.weight_scores, example, upper
+            )
+        self.latency = measured
+        return measured.budget(budget.target) if budget.kind == "latency_ms" else budget
 
     def _calibration_batch(self, samples: int) -> Tensor:
         """The first ``samples`` train inputs, in the split's fixed order."""

@@ -38,7 +38,7 @@ from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
 from searchprune.finetune import finetune
 from searchprune.fitness import FITNESSES
-from searchprune.latency import deployed, measure_ms
+from searchprune.latency import LatencyModel, deployed, measure_ms
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
 from searchprune.pruners.training import TRAINING_METHODS
@@ -58,6 +58,7 @@ from searchprune.tasks.base import Split, Task, score_model
 
 CHECKPOINT = "checkpoint.pkl"
 TRAINED_MODEL = "trained_model.pt"
+LATENCY_MODEL = "latency_model.json"
 HISTORY = "history.jsonl"
 
 
@@ -301,7 +302,7 @@ def _run_method(
     except ValidationError as error:
         raise ConfigError(describe_errors(error, "method", cls.Params, name)) from None
     trained = cls(params, config.run.seed).run(problem)
-    trained_problem = build_problem(config, replace(task, model=trained.model))
+    trained_problem = build_problem(config, replace(task, model=trained.model), problem.latency)
     return trained_problem, trained.masks, trained.info
 
 
@@ -401,11 +402,16 @@ def run(
     prepare_process(config.evaluator.threads)
     random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
+    measured = out / LATENCY_MODEL
     try:
         task = build_task(config)
-        problem = build_problem(config, task)
+        problem = build_problem(
+            config, task, LatencyModel.load(measured) if resume and measured.exists() else None
+        )
     except SpecError as error:
         raise ConfigError(str(error)) from None
+    if problem.latency is not None:  # a resumed run searches under the same budget
+        problem.latency.save(measured)
     if config.method is not None:
         started = time.perf_counter()
         best_problem, masks, info = _run_method(config, task, problem)

@@ -2,9 +2,9 @@
 
 ``sparsity`` is the fraction of prunable weights removed (at least the target);
 ``flops`` and ``params`` are the fraction of the dense model's FLOPs or params kept
-(at most the target); ``latency_ms`` is the measured latency of the compacted model in
-milliseconds (at most the target; :mod:`searchprune.latency` turns it into a FLOPs
-budget through a latency model fitted on the machine).
+(at most the target); ``latency_ms`` is the measured latency of the deployed model in
+milliseconds (at most the target; :mod:`searchprune.latency` turns it into a FLOPs or
+params budget through a latency curve measured on the machine).
 """
 
 from __future__ import annotations

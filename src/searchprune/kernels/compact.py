@@ -70,8 +70,9 @@ def in_layout_of(tensor: Tensor, reference: Tensor) -> Tensor:
     return tensor.contiguous()
 
 
-def _shrunk_layer(module: nn.Module, out_keep: Tensor, in_keep: Tensor) -> nn.Module:
-    """A copy of a Linear/Conv layer holding only the kept outputs and inputs."""
+def shrunk_layer(module: nn.Module, out_keep: Tensor, in_keep: Tensor) -> nn.Module:
+    """A copy of a Linear/Conv layer holding only the kept outputs and inputs (boolean
+    masks over its output rows and input channels)."""
     new = copy.deepcopy(module)
     weight = cast(Tensor, module.weight).detach()
     new.weight = nn.Parameter(in_layout_of(weight[out_keep][:, in_keep].clone(), weight))
@@ -129,7 +130,7 @@ def compact(
         module = masked.get_submodule(layer.name)
         out_keep = alive[graph.group_of[layer.name]]
         _replace(
-            masked, layer.name, _shrunk_layer(module, out_keep, _input_keep(layer, graph, alive))
+            masked, layer.name, shrunk_layer(module, out_keep, _input_keep(layer, graph, alive))
         )
     for group in graph.groups:
         for norm in group.norms:

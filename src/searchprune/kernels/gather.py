@@ -10,12 +10,10 @@ output shapes, so ``sparsify`` can choose it layer by layer, next to dense, CSR 
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
-from searchprune.kernels.compact import in_layout_of
+from searchprune.kernels.compact import in_layout_of, shrunk_layer
 
 Layer = nn.Linear | nn.Conv1d | nn.Conv2d
 
@@ -55,8 +53,8 @@ class GatherScatterLayer(nn.Module):
         if not isinstance(layer, nn.Linear) and layer.groups != 1:
             raise ValueError("gather-scatter kernels support groups=1 convolutions only")
         weight = layer.weight.detach()
-        live_rows, live_columns = live_rows_and_columns(weight)
-        live_outputs, live_inputs = _at_least_one(live_rows), _at_least_one(live_columns)
+        live_rows, live_columns = (_at_least_one(live) for live in live_rows_and_columns(weight))
+        live_outputs, live_inputs = live_rows.nonzero().flatten(), live_columns.nonzero().flatten()
         self.channel_dim = -1 if isinstance(layer, nn.Linear) else 1
         self.all_inputs = len(live_inputs) == weight.shape[1]
         self.all_outputs = len(live_outputs) == weight.shape[0]
@@ -69,7 +67,7 @@ class GatherScatterLayer(nn.Module):
         dead_bias[live_outputs] = 0
         view = (-1,) if isinstance(layer, nn.Linear) else (-1,) + (1,) * (weight.dim() - 2)
         self.register_buffer("dead_bias", dead_bias.reshape(view))
-        self.inner = _submatrix_layer(layer, live_outputs, live_inputs)
+        self.inner = shrunk_layer(layer, live_rows, live_columns)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.all_inputs:
@@ -83,22 +81,10 @@ class GatherScatterLayer(nn.Module):
 
 
 def _at_least_one(live: Tensor) -> Tensor:
-    """Indices of the live entries; index 0 when none is (an all-zero slice keeps the
-    inner layer's shapes valid and still computes the bias alone)."""
-    indices = live.nonzero().flatten()
-    return indices if len(indices) else indices.new_zeros(1)
-
-
-def _submatrix_layer(layer: Layer, rows: Tensor, columns: Tensor) -> Layer:
-    """A copy of ``layer`` restricted to output ``rows`` and input ``columns``."""
-    inner = copy.deepcopy(layer)
-    weight = layer.weight.detach()
-    kept = in_layout_of(weight.index_select(0, rows).index_select(1, columns), weight)
-    inner.weight = nn.Parameter(kept, requires_grad=False)
-    if layer.bias is not None:
-        inner.bias = nn.Parameter(layer.bias.detach()[rows].clone(), requires_grad=False)
-    if isinstance(inner, nn.Linear):
-        inner.in_features, inner.out_features = len(columns), len(rows)
-    else:
-        inner.in_channels, inner.out_channels = len(columns), len(rows)
-    return inner
+    """``live``, with entry 0 marked live when none is (an all-zero slice keeps the inner
+    layer's shapes valid and still computes the bias alone)."""
+    if bool(live.any()):
+        return live
+    marked = live.clone()
+    marked[0] = True
+    return marked

@@ -16,7 +16,7 @@ quickstart: setup
 	$(BIN)/searchprune run configs/quickstart.yaml --out runs/quickstart
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check searchprune envs tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

@@ -39,10 +39,9 @@ def test_nsga2_saves_a_non_dominated_front_within_the_budget(tmp_path: Path) -> 
     fitness = [m["val_fitness"] for m in front]
     assert all(a < b for a, b in itertools.pairwise(fitness)), "cheaper must score lower"
     history = [json.loads(x) for x in (tmp_path / "n" / "history.jsonl").read_text().splitlines()]
-    at_budget = max(
-        row["flops_fraction"] for row in history
-    )  # every candidate is 80% sparse or more
-    assert costs == sorted(costs) and costs[-1] <= at_budget + 1e-9 and costs[0] < 0.5 * at_budget
+    # every candidate is 80% sparse or more; history rounds metrics to 6 decimals
+    at_budget = max(row["flops_fraction"] for row in history)
+    assert costs == sorted(costs) and costs[-1] <= at_budget + 1e-6 and costs[0] < 0.5 * at_budget
     sparsities = np.array([row["sparsity"] for row in history])
     assert sparsities.min() >= 0.8 - 1e-6 and sparsities.max() > 0.85  # bound, not exact
     picked = pick_from_front(tmp_path / "n", max_cost=costs[1] + 1e-9)

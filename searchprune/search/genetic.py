@@ -284,6 +284,9 @@ class GeneticSearch(Searcher):
         self.generation = state["generation"]
         self.population = self._unpack(state["population"])
         self.pending = self._unpack(state["pending"])
-        self.hall.clear()
-        self.hall.update(self._unpack(state["hall"]))
+        # Set the hall's order as saved: re-inserting would reorder ties (DEAP inserts an
+        # equal individual after its equals), and the elites copied next would differ.
+        hall = self._unpack(state["hall"])
+        self.hall.items = hall
+        self.hall.keys = [ind.fitness for ind in reversed(hall)]
         self._asked = state["asked"]

@@ -5,33 +5,29 @@ Shared by the run loop and by the Gymnasium environment, which both start from c
 
 from __future__ import annotations
 
+import inspect
+
 from searchprune.config import Config, ConfigError
 from searchprune.fitness import LATENCY_FITNESSES, resolve_fitness
 from searchprune.latency import LatencyModel
 from searchprune.problem import Problem
-from searchprune.registry import import_object, unknown_name_message
-from searchprune.tasks.base import Task
-from searchprune.tasks.builtin import BUILTIN_TASKS, load_builtin_task
+from searchprune.registry import is_import_path
+from searchprune.tasks import TASKS, Task
 
 
 def build_task(config: Config) -> Task:
-    """The built-in task named in the config, or the user's ``package.module:factory``."""
+    """The registered task named in the config (built with its seed and options), or the
+    user's ``package.module:factory`` (called with the options)."""
     spec = config.task
-    if ":" not in spec.name:
-        if spec.options:
-            raise ConfigError(
-                f"task: built-in task {spec.name!r} takes no options {sorted(spec.options)}; "
-                "only name and seed"
-            )
-        if spec.name not in BUILTIN_TASKS:
-            raise ConfigError(
-                unknown_name_message("task.name", "task", spec.name, sorted(BUILTIN_TASKS))
-            )
-        return load_builtin_task(spec.name, seed=spec.seed)
-    factory = import_object(spec.name, "task.name")
+    factory = TASKS.get(spec.name)
     if not callable(factory):
         raise ConfigError(f"task.name: {spec.name!r} is not callable")
-    task = factory(**spec.options)
+    kwargs = spec.options if is_import_path(spec.name) else {"seed": spec.seed, **spec.options}
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"task: {spec.name!r} does not take these options ({error})") from None
+    task = factory(**kwargs)
     if not isinstance(task, Task):
         raise ConfigError(
             f"task.name: {spec.name!r} returned {type(task).__name__}; a task factory must "

@@ -68,10 +68,10 @@ def _list(args: argparse.Namespace) -> int:
     from searchprune.pruners.training import TRAINING_METHODS
     from searchprune.search import SEARCHERS
     from searchprune.space import SPACES
-    from searchprune.tasks.builtin import BUILTIN_TASKS
+    from searchprune.tasks import TASKS
 
     sections: list[tuple[str, list[tuple[str, str]]]] = [
-        ("tasks", [(name, spec.description) for name, spec in sorted(BUILTIN_TASKS.items())]),
+        ("tasks", [(e.name, e.description) for e in TASKS]),
         ("searchers", [(e.name, e.description) for e in SEARCHERS]),
         ("methods (one-shot baselines)", [(e.name, e.description) for e in METHODS]),
         ("methods (training-time)", [(e.name, e.description) for e in TRAINING_METHODS]),

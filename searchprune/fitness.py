@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from searchprune.core.masks import MaskSet
-from searchprune.registry import Registry, SpecError, import_object
+from searchprune.registry import Registry, SpecError
 from searchprune.tasks.base import LossFn, Split
 
 
@@ -147,13 +147,11 @@ def resolve_fitness(
     fn: Callable[..., float | dict[str, Any]]
     if callable(fitness):
         fn = fitness
-    elif ":" in fitness:
-        found = import_object(fitness, "fitness.name")
+    else:
+        found = FITNESSES.get(fitness)
         if not callable(found):
             raise SpecError(f"fitness.name: {fitness!r} is not callable")
         fn = found
-    else:
-        fn = FITNESSES.get(fitness)
     options = dict(options or {})
     signature = inspect.signature(fn)
     try:

@@ -53,6 +53,10 @@ class Registry(Generic[T]):
         self._entries[name] = Entry(name, value, description)
 
     def get(self, name: str) -> T:
+        """The entry called ``name``, or the object ``"package.module:Name"`` imports
+        (a plug-in, used as it is, without registering it)."""
+        if is_import_path(name):
+            return import_object(name, self.field)  # type: ignore[return-value]
         if name not in self._entries:
             raise UnknownNameError(unknown_name_message(self.field, self.kind, name, self.names()))
         return self._entries[name].value
@@ -72,6 +76,11 @@ def unknown_name_message(field: str, kind: str, name: str, valid: list[str]) -> 
     close = difflib.get_close_matches(name, valid, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"{field}: unknown {kind} {name!r}{hint} Valid names: {', '.join(valid)}"
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` names a plug-in (``"package.module:Name"``) rather than an entry."""
+    return ":" in name
 
 
 def import_object(path: str, field: str) -> object:

@@ -42,7 +42,7 @@ from searchprune.latency import LatencyModel, deployed, measure_ms
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners.oneshot import METHODS
 from searchprune.pruners.training import TRAINING_METHODS
-from searchprune.registry import SpecError, UnknownNameError, unknown_name_message
+from searchprune.registry import SpecError, unknown_name_message
 from searchprune.report import (
     comparison_table,
     plot_fitness,
@@ -54,7 +54,7 @@ from searchprune.report import (
 from searchprune.runtime import prepare_process
 from searchprune.search import SEARCHERS, Searcher, make_searcher
 from searchprune.search.base import FrontMember
-from searchprune.tasks.base import Split, Task, score_model
+from searchprune.tasks import TASKS, Split, Task, score_model
 
 CHECKPOINT = "checkpoint.pkl"
 TRAINED_MODEL = "trained_model.pt"
@@ -96,18 +96,18 @@ def check_names(config: Config) -> None:
     from searchprune.space import SPACES
 
     checks: list[tuple[Any, str]] = [
+        (TASKS, config.task.name),
         (SPACES, config.space.name),
         (CRITERIA, config.space.criterion),
+        (FITNESSES, config.fitness.name),
     ]
-    if ":" not in config.fitness.name:
-        checks.append((FITNESSES, config.fitness.name))
     if config.searcher is not None:
         checks.append((SEARCHERS, config.searcher.name))
     checks += [(METHODS, name) for name in config.baselines]
     for registry, name in checks:
         try:
             registry.get(name)
-        except UnknownNameError as error:
+        except SpecError as error:
             raise ConfigError(str(error).replace("method:", "baselines:", 1)) from None
     if config.method is not None:
         known = METHODS.names() + TRAINING_METHODS.names()

@@ -1,13 +1,18 @@
-"""Tasks: a trained model with its data splits, and the built-in reference tasks."""
+"""Tasks: a trained model with its data splits, and the registry of task factories.
 
-from searchprune.tasks.base import Scores, Split, Task, score_model
+Importing this package registers the built-in tasks (:mod:`searchprune.tasks.builtin`).
+"""
+
+from searchprune.tasks.base import TASKS, Scores, Split, Task, TaskFactory, score_model
 from searchprune.tasks.builtin import BUILTIN_TASKS, TaskSpec, load_builtin_task
 
 __all__ = [
     "BUILTIN_TASKS",
+    "TASKS",
     "Scores",
     "Split",
     "Task",
+    "TaskFactory",
     "TaskSpec",
     "load_builtin_task",
     "score_model",

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from searchprune.registry import Registry
+
 Batch = tuple[Tensor, Tensor]
 SplitLike = Union[tuple[Tensor, Tensor], Iterable[Batch], "Split"]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -150,3 +152,9 @@ def score_model(model: nn.Module, split: Split, loss: LossFn = F.cross_entropy) 
     if total == 0:
         raise ValueError("cannot score a model on an empty split")
     return Scores(accuracy=correct / total, loss=loss_sum / total)
+
+
+TaskFactory = Callable[..., Task]
+"""Builds a :class:`Task`; registered factories take ``seed`` and their config options."""
+
+TASKS: Registry[TaskFactory] = Registry("task", "task.name")

@@ -7,7 +7,6 @@ name. Trained weights are cached per task, seed and recipe, so the first load tr
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import sys
@@ -15,13 +14,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from searchprune.tasks.base import Task
+from searchprune.registry import UnknownNameError, unknown_name_message
+from searchprune.tasks.base import TASKS, Task
 from searchprune.tasks.data import Splits, load_digits_splits, load_mnist1d_splits
 from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet, Mnist1dCNN, Mnist1dMLP
 from searchprune.tasks.train import train_model
@@ -112,17 +113,6 @@ _SPECS = (
 BUILTIN_TASKS: dict[str, TaskSpec] = {spec.name: spec for spec in _SPECS}
 
 
-def _spec(name: str) -> TaskSpec:
-    """The spec called ``name``, or a :class:`ValueError` naming the valid ones."""
-    if name in BUILTIN_TASKS:
-        return BUILTIN_TASKS[name]
-    message = f"unknown task {name!r}; built-in tasks: {', '.join(sorted(BUILTIN_TASKS))}"
-    close = difflib.get_close_matches(name, BUILTIN_TASKS, n=3)
-    if close:
-        message += f"; did you mean {' or '.join(repr(c) for c in close)}?"
-    raise ValueError(message)
-
-
 def _cache_dir(cache_dir: str | Path | None) -> Path:
     """``cache_dir``, else ``$SEARCHPRUNE_CACHE``, else ``~/.cache/searchprune``."""
     chosen = cache_dir or os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_DIR
@@ -179,7 +169,11 @@ def load_builtin_task(name: str, *, seed: int = 0, cache_dir: str | Path | None 
     task name, the seed and a hash of the recipe, so a changed recipe retrains.
     ``Task.info`` holds ``params`` and either ``trained_seconds`` or ``cached: True``.
     """
-    spec = _spec(name)
+    if name not in BUILTIN_TASKS:
+        raise UnknownNameError(
+            unknown_name_message("task.name", "task", name, sorted(BUILTIN_TASKS))
+        )
+    spec = BUILTIN_TASKS[name]
     splits = spec.load_data(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -206,3 +200,7 @@ def load_builtin_task(name: str, *, seed: int = 0, cache_dir: str | Path | None 
         name=spec.name,
         info=info,
     )
+
+
+for _spec in _SPECS:
+    TASKS.add(_spec.name, partial(load_builtin_task, _spec.name), _spec.description)

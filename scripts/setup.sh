@@ -12,4 +12,7 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]"
+# Pin the torch already there, so that torchvision (dev and vision extras) comes in the
+# build that matches it instead of pulling a newer torch.
+TORCH_VERSION=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[dev]" "torch==$TORCH_VERSION"

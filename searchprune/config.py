@@ -1,7 +1,8 @@
 """The YAML config: validated with pydantic, with errors that name the key and the fix.
 
 Every section but ``task``, ``budget`` and ``searcher`` (or ``method``) has defaults; a
-bare string is shorthand for ``{name: ...}``. See the README for every key.
+bare string is shorthand for ``{name: ...}``. Every key is listed in docs/config.md,
+generated from the field descriptions below by ``make docs``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,18 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    """A built-in task name or ``"package.module:factory"``; other keys go to the factory."""
+    """What to prune: a built-in task name or ``"package.module:factory"`` returning a
+    ``Task``; other keys go to the factory as keyword options (the built-in tasks and
+    their options: docs/tasks.md)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
-    seed: int = Field(0, description="seed the built-in model is trained with")
+    name: str = Field(
+        description="a built-in task (digits-mlp, digits-cnn, digits-resnet, mnist1d-mlp, "
+        'mnist1d-cnn; `searchprune list`) or "pkg.module:factory" returning a Task'
+    )
+    seed: int = Field(
+        0, description="seed the built-in model is trained with (and its val split drawn with)"
+    )
 
     @property
     def options(self) -> dict[str, Any]:
@@ -43,14 +51,40 @@ class TaskConfig(_Section):
 
 
 class SpaceConfig(_Section):
-    name: str = "layer-ratios"
-    granularity: str = "weight"
-    criterion: str = "magnitude"
-    min_ratio: float = Field(0.0, ge=0.0, le=1.0)
-    max_ratio: float | None = Field(None, ge=0.0, le=1.0)
-    layer_bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
-    exclude_output: bool = True
-    exclude: list[str] = Field(default_factory=list)
+    """The search space: what a genome encodes and how elements are ranked inside a layer."""
+
+    name: str = Field(
+        "layer-ratios",
+        description="layer-ratios: one pruning ratio per layer (weight granularity) or per "
+        "channel group (channel granularity), elements ranked by the criterion; binary: one "
+        "keep-bit per channel (channel granularity only)",
+    )
+    granularity: str = Field(
+        "weight",
+        description="weight or channel (unit is the same as channel for Linear layers); n:m "
+        "masks (searchprune.core.masks.nm_mask, e.g. 2:4 for the GPU kernels) exist in MaskSet "
+        "but not yet in spaces",
+    )
+    criterion: str = Field(
+        "magnitude",
+        description="how elements are ranked inside a layer (docs/methods.md#criteria), or "
+        '"pkg.module:Name"',
+    )
+    min_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="lower bound on every unit's pruning ratio"
+    )
+    max_ratio: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="upper bound on every unit's pruning ratio (default 0.99 at weight, 0.9 at "
+        "channel granularity); at least one element per layer is always kept",
+    )
+    layer_bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="per-layer [min, max] ratio, e.g. {fc1: [0, 0.5]}"
+    )
+    exclude_output: bool = Field(True, description="keep the last layer dense")
+    exclude: list[str] = Field(default_factory=list, description="more layers to keep dense")
 
     @field_validator("granularity")
     @classmethod
@@ -59,23 +93,34 @@ class SpaceConfig(_Section):
 
 
 class FitnessConfig(_Section):
-    """A built-in fitness name or ``"package.module:function"``; other keys are passed to
-    the function as keyword options (``latency_aware``: ``target_ms``, ``weight``)."""
+    """How a candidate is scored on the val split: a built-in fitness name or
+    ``"package.module:function"``; other keys are passed to the function as keyword
+    options (``latency_aware``: ``target_ms``, ``weight`` (default -0.07)); a key the
+    function does not take is an error naming its options. The functions and their
+    options: docs/methods.md#fitness-functions."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "accuracy"
+    name: str = Field(
+        "accuracy",
+        description="accuracy, neg_loss, r_err (AMC's -error), r_flops (AMC's -error * log "
+        "FLOPs), latency_aware (MnasNet's accuracy x (latency/target)^weight), or "
+        '"pkg.module:function"',
+    )
     predict_latency: bool = Field(
         False,
         description="measure a latency curve and give every candidate a predicted "
         "ctx.stats['latency_ms'] (implied by latency_aware and latency_ms budgets)",
     )
     penalty: float | None = Field(
-        None, description="score given to a candidate whose fitness fails"
+        None,
+        description="score given to a candidate whose fitness raises or returns NaN; without "
+        "it, the run stops with an error naming the candidate",
     )
     bn_samples: int | None = Field(
         None,
         ge=0,
-        description="train samples for BatchNorm recalibration (default 512 with BN, else 0)",
+        description="train samples used to recalibrate BatchNorm statistics before scoring "
+        "each candidate (EagleEye; default 512 with BatchNorm, else 0)",
     )
 
     @property
@@ -84,16 +129,27 @@ class FitnessConfig(_Section):
 
 
 class SearcherConfig(_Section):
+    """The searcher and its own settings; each searcher's settings come from its ``Params``
+    class and are listed under "Searcher settings" in docs/config.md (what they do:
+    docs/methods.md#searchers)."""
+
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: str = Field(
+        description='ga, pso, sa, nsga2, cmaes, amc, random, or "pkg.module:Class"; '
+        "--set searcher.name=pso switches searcher on any config"
+    )
 
 
 class MethodConfig(_Section):
     """A baseline or training-time method run instead of a searcher; other keys are the
-    method's settings (training-time methods: ``epochs``, ``lr``, ...)."""
+    method's settings (training-time methods: ``epochs``, ``lr``, ...; every method and its
+    settings: docs/methods.md#baselines)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: str = Field(
+        description="a one-shot method such as magnitude-global, or a training-time method "
+        "such as gradual-magnitude"
+    )
 
     @property
     def options(self) -> dict[str, Any]:
@@ -101,54 +157,98 @@ class MethodConfig(_Section):
 
 
 class EvaluatorConfig(_Section):
-    name: Literal["local", "ray"] = "local"
-    device: str = "cpu"
-    threads: int = Field(1, ge=1, description="torch threads; 1 is fastest for small models here")
-    cache: bool = True
-    channels_last: bool = Field(True, description="NHWC memory format for models with Conv2d")
+    """Where candidates are scored: in process, or on Ray actors (docs/ray.md)."""
+
+    name: Literal["local", "ray"] = Field("local", description="local (in process) or ray (actors)")
+    device: str = Field("cpu", description="torch device of the model during search")
+    threads: int = Field(
+        1,
+        ge=1,
+        description="torch threads per evaluating process (1 is fastest and steadiest for "
+        "these small models on 2 cores)",
+    )
+    cache: bool = Field(True, description="answer genomes already scored from a cache")
+    channels_last: bool = Field(
+        True,
+        description="run models with Conv2d in NHWC memory format (2.8x faster on the digits "
+        "CNN here)",
+    )
     actors: int = Field(2, ge=1, description="ray: actors holding the problem")
     num_cpus: float = Field(1.0, gt=0, description="ray: CPUs per actor")
     num_gpus: float = Field(0.0, ge=0, description="ray: GPUs per actor (fractions share a GPU)")
     address: str | None = Field(
         None, description="ray: cluster address (default RAY_ADDRESS or a local Ray)"
     )
-    chunk: int | None = Field(None, ge=1, description="ray: genomes per call (default adaptive)")
+    chunk: int | None = Field(
+        None, ge=1, description="ray: genomes per call (default: about 50 ms of work per call)"
+    )
     max_deaths: int = Field(
-        3, ge=1, description="ray: actor deaths on one chunk before the run stops, naming it"
+        3,
+        ge=1,
+        description="ray: a dead actor is replaced and its chunk rerun; a chunk that kills this "
+        "many actors stops the run with an error naming its candidates",
     )
 
 
 class RunConfig(_Section):
-    max_evals: int = Field(1000, ge=1)
-    max_seconds: float | None = Field(None, gt=0)
-    target_fitness: float | None = None
-    seed: int = 0
-    progress: bool = True
+    """When the search stops, and its seed."""
+
+    max_evals: int = Field(
+        1000, ge=1, description="evaluations (candidates proposed, cache hits included)"
+    )
+    max_seconds: float | None = Field(None, gt=0, description="stop after this wall time")
+    target_fitness: float | None = Field(
+        None, description="stop once the best fitness reaches this value"
+    )
+    seed: int = Field(
+        0, description="seed of the search; the same seed gives the same result on one machine"
+    )
+    progress: bool = Field(True, description="progress bar with the best fitness so far")
 
 
 class FinetuneConfig(_Section):
     """Fine-tuning of the best mask and of each baseline's, with the mask held fixed."""
 
-    epochs: int = Field(0, ge=0, description="passes over the train split; 0 = no fine-tuning")
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(
+        0,
+        ge=0,
+        description="passes over the train split (Adam); 0 = no fine-tuning; the report gives "
+        "val/test accuracy before and after",
+    )
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate")
+    batch_size: int = Field(64, ge=1, description="mini-batch size")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's weight decay")
 
 
 class Config(BaseModel):
     """A whole run: what to prune, how to search, and how to score."""
 
     model_config = ConfigDict(extra="forbid")
-    task: TaskConfig
-    space: SpaceConfig = SpaceConfig()
-    budget: dict[str, float]
-    fitness: FitnessConfig = FitnessConfig()
-    searcher: SearcherConfig | None = None
-    method: MethodConfig | None = None
-    evaluator: EvaluatorConfig = EvaluatorConfig()
-    run: RunConfig = RunConfig()
-    finetune: FinetuneConfig = FinetuneConfig()
-    baselines: list[str] = Field(default_factory=lambda: ["magnitude-global", "magnitude-layer"])
+    task: TaskConfig = Field(description="what to prune (docs/tasks.md)")
+    space: SpaceConfig = Field(SpaceConfig(), description="the search space")
+    budget: dict[str, float] = Field(
+        description="exactly one of sparsity (fraction of prunable weights removed, at least), "
+        "flops or params (fraction of the dense model's FLOPs or params kept, at most), or "
+        "latency_ms (the deployed model's measured latency, batch 1, one thread: compacted at "
+        "channel granularity, on sparse kernels at weight granularity; docs/export.md)"
+    )
+    fitness: FitnessConfig = Field(FitnessConfig(), description="how candidates are scored")
+    searcher: SearcherConfig | None = Field(
+        None, description="the searcher; give exactly one of searcher and method"
+    )
+    method: MethodConfig | None = Field(
+        None, description="a baseline or training-time method instead of a searcher"
+    )
+    evaluator: EvaluatorConfig = Field(EvaluatorConfig(), description="where candidates are scored")
+    run: RunConfig = Field(RunConfig(), description="stopping rules and seed")
+    finetune: FinetuneConfig = Field(
+        FinetuneConfig(), description="fine-tuning of the best mask and the baselines' masks"
+    )
+    baselines: list[str] = Field(
+        default_factory=lambda: ["magnitude-global", "magnitude-layer"],
+        description="baselines scored at the same budget and reported beside the best "
+        "candidate (one-shot methods, docs/methods.md#baselines)",
+    )
 
     @field_validator("budget")
     @classmethod

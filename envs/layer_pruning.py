@@ -82,7 +82,9 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
 
     ``source`` is a :class:`Problem`, a :class:`Task` (with ``budget=`` and any other
     :class:`Problem` keyword), or a config (a :class:`Config`, plain data or a YAML path).
-    The problem's space must be ``layer-ratios``.
+    The problem's space must be ``layer-ratios``. The env scores the actions as taken
+    (the action wall already meets the budget): an ``evaluator`` passed in should repair in
+    ``budget_mode="bound"``; without one, the env builds such a :class:`LocalEvaluator`.
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
@@ -101,10 +103,11 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError("LayerPruningEnv needs space.name: layer-ratios (one ratio per unit)")
         self.space: LayerRatioSpace = space
         self.score = score
-        if score:  # the action wall already meets the budget: score the actions as taken
-            self.space.exact = False
+        # the action wall already meets the budget: score the actions as taken
         self.evaluator = (
-            evaluator if evaluator is not None or not score else LocalEvaluator(self.problem)
+            evaluator
+            if evaluator is not None or not score
+            else LocalEvaluator(self.problem, budget_mode="bound")
         )
         self.observation_space = spaces.Box(0.0, 1.0, shape=(len(FEATURES),), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)

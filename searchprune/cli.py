@@ -16,10 +16,11 @@ from searchprune.config import ConfigError, load_config, read_config_data
 
 
 def _run(args: argparse.Namespace) -> int:
-    from searchprune.runner import load_run_config, run
+    from searchprune.rundir import RunDir
+    from searchprune.runner import run
 
     if args.resume:
-        config = load_run_config(args.resume, args.set)
+        config = RunDir(args.resume).read_config(args.set)
         if args.config:
             given = load_config(args.config).resolved()
             saved = {**config.resolved(), "run": given["run"]}
@@ -62,19 +63,18 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from searchprune.criteria import CRITERIA
     from searchprune.fitness import FITNESSES
-    from searchprune.pruners.criteria import CRITERIA
-    from searchprune.pruners.oneshot import METHODS
-    from searchprune.pruners.training import TRAINING_METHODS
+    from searchprune.pruners import METHODS
     from searchprune.search import SEARCHERS
     from searchprune.space import SPACES
     from searchprune.tasks import TASKS
 
+    trains = " [training-time]"
     sections: list[tuple[str, list[tuple[str, str]]]] = [
         ("tasks", [(e.name, e.description) for e in TASKS]),
         ("searchers", [(e.name, e.description) for e in SEARCHERS]),
-        ("methods (one-shot baselines)", [(e.name, e.description) for e in METHODS]),
-        ("methods (training-time)", [(e.name, e.description) for e in TRAINING_METHODS]),
+        ("methods", [(e.name, e.description + trains * e.value.trains) for e in METHODS]),
         ("spaces", [(e.name, e.description) for e in SPACES]),
         ("criteria", [(e.name, e.description) for e in CRITERIA]),
         ("fitness functions", [(e.name, e.description) for e in FITNESSES]),

@@ -32,13 +32,14 @@ import matplotlib.pyplot as plt
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from searchprune.config import Config, ConfigError, validate_config
-from searchprune.pruners.oneshot import METHODS
-from searchprune.pruners.training import TRAINING_METHODS
+from searchprune.config import Config, ConfigError, SpaceConfig, validate_config
+from searchprune.pruners import METHODS
 from searchprune.registry import unknown_name_message
 from searchprune.report import save_figure
-from searchprune.runner import CHECKPOINT, run
+from searchprune.rundir import RunDir
+from searchprune.runner import run
 from searchprune.search import SEARCHERS
+from searchprune.space import SPACES
 
 METRICS = ("val_accuracy", "test_accuracy", "sparsity", "flops_fraction")
 
@@ -105,7 +106,7 @@ def plan(data: dict[str, Any]) -> tuple[CompareSection, list[Cell], list[str]]:
         section = CompareSection.model_validate(data.pop("compare"))
     except ValueError as error:
         raise ConfigError(f"compare: {error}") from None
-    known = SEARCHERS.names() + METHODS.names() + TRAINING_METHODS.names()
+    known = SEARCHERS.names() + METHODS.names()
     for method in section.methods:
         if method not in known:
             raise ConfigError(
@@ -116,8 +117,9 @@ def plan(data: dict[str, Any]) -> tuple[CompareSection, list[Cell], list[str]]:
     ]
     cells, skipped = [], []
     for method in section.methods:
-        if method == "cmaes" and data.get("space", {}).get("name") == "binary":
-            skipped.append(f"{method}: searches real genomes, the space is binary")
+        space = SPACES.get(SpaceConfig.model_validate(data.get("space", {})).name)
+        if method in SEARCHERS and space.kind not in SEARCHERS.get(method).space_kinds:
+            skipped.append(f"{method}: does not search {space.kind} genomes ({space.name})")
             continue
         for task in tasks:
             for budget in section.budgets:
@@ -135,7 +137,7 @@ def aggregate(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
     """One row per (task, budget, method): mean and std over seeds of each figure."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for cell in cells:
-        summary = json.loads((out / "runs" / cell.name / "summary.json").read_text())
+        summary = RunDir(out / "runs" / cell.name).read_summary()
         ((kind, value),) = cell.budget.items()
         groups.setdefault((cell.task, f"{kind} {value}", cell.method), []).append(summary)
     rows = []
@@ -247,9 +249,15 @@ def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
 
 
 def plot_fronts(cells: list[Cell], out: Path) -> list[Path]:
-    """NSGA-II's Pareto fronts (first seed), one PNG per task."""
+    """The Pareto fronts of multi-objective searchers (first seed), one PNG per task."""
     paths = []
-    fronts = [c for c in cells if c.method == "nsga2" and c.seed == cells[0].seed]
+    fronts = [
+        c
+        for c in cells
+        if c.method in SEARCHERS
+        and SEARCHERS.get(c.method).multi_objective
+        and c.seed == cells[0].seed
+    ]
     for task in sorted({c.task for c in fronts}):
         figure, axes = plt.subplots(figsize=(6.4, 4.2))
         for cell in (c for c in fronts if c.task == task):
@@ -283,11 +291,10 @@ def compare(
     _, cells, skipped = plan(data)
     out.mkdir(parents=True, exist_ok=True)
     for cell in tqdm(cells, desc="compare", unit="run", dynamic_ncols=True):
-        directory = out / "runs" / cell.name
-        if (directory / "summary.json").exists():
+        run_dir = RunDir(out / "runs" / cell.name)
+        if run_dir.finished:
             continue
-        resume = (directory / CHECKPOINT).exists()
-        run(cell.config, directory, resume=resume, echo=lambda _: None)
+        run(cell.config, run_dir.path, resume=run_dir.started, echo=lambda _: None)
     rows = aggregate(cells, out)
     echo(write_tables(rows, out, skipped))
     for path in plot_curves(rows, out) + plot_fronts(cells, out):

@@ -28,7 +28,7 @@ from searchprune.core.masks import MaskSet
 from searchprune.kernels import compact, sparsify
 from searchprune.latency import LatencyModel
 from searchprune.problem import Problem
-from searchprune.runner import LATENCY_MODEL, TRAINED_MODEL, load_run_config
+from searchprune.rundir import RunDir
 
 FORMATS = ("compact", "sparse", "masked", "torch-prune")
 
@@ -36,15 +36,16 @@ FORMATS = ("compact", "sparse", "masked", "torch-prune")
 def load_run_problem(run_dir: Path) -> tuple[Problem, MaskSet]:
     """The problem of a finished run (with a training-time method's trained weights) and
     its best masks."""
-    config = load_run_config(run_dir)
+    files = RunDir(run_dir)
+    config = files.read_config()
     task = build_task(config)
-    if (run_dir / TRAINED_MODEL).exists():
-        task.model.load_state_dict(torch.load(run_dir / TRAINED_MODEL, weights_only=True))
-    measured = run_dir / LATENCY_MODEL
+    if (files / RunDir.TRAINED_MODEL).exists():
+        task.model.load_state_dict(torch.load(files / RunDir.TRAINED_MODEL, weights_only=True))
+    measured = files / RunDir.LATENCY_MODEL
     problem = build_problem(
         config, task, LatencyModel.load(measured) if measured.exists() else None
     )
-    return problem, MaskSet.load(run_dir / "best_masks.npz")
+    return problem, files.load_best_masks()
 
 
 def _exported_module(

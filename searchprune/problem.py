@@ -22,6 +22,7 @@ from searchprune.core.layers import LayerInfo, discover_layers
 from searchprune.core.masks import MaskApplier, MaskSet, parse_granularity
 from searchprune.core.stats import mask_stats
 from searchprune.core.units import CostModel
+from searchprune.criteria import CRITERIA
 from searchprune.fitness import (
     FitnessContext,
     FitnessError,
@@ -30,9 +31,8 @@ from searchprune.fitness import (
     resolve_fitness,
 )
 from searchprune.latency import LatencyModel
-from searchprune.pruners.criteria import CRITERIA
 from searchprune.space import SPACES, Space, default_max_ratio
-from searchprune.tasks.base import Split, Task
+from searchprune.tasks.base import Task
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -45,13 +45,6 @@ class Evaluation:
     fitness: float
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-
-
-def _on_device(split: Split, device: torch.device) -> Split:
-    tensors = split.tensors
-    if tensors is None:
-        return split
-    return Split((tensors[0].to(device), tensors[1].to(device)), split.batch_size)
 
 
 class Problem:
@@ -126,8 +119,8 @@ class Problem:
         the val/train tensors and the calibration batch."""
         self.applier = MaskApplier(self.model, *self._maskable)
         self.space.prepare(self.applier)
-        self.val = _on_device(self.task.split("val"), self.device)
-        self.train = _on_device(self.task.split("train"), self.device)
+        self.val = self.task.split("val").to(self.device)
+        self.train = self.task.split("train").to(self.device)
         self._bn_batch = self._calibration_batch(self._bn_samples) if self._bn_samples else None
 
     def to(self, device: str | torch.device) -> Problem:

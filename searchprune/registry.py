@@ -1,4 +1,11 @@
-"""String-to-object registries, so a config can say ``searcher: {name: ga}``."""
+"""String-to-object registries, so a config can say ``searcher: {name: ga}``.
+
+An entry is registered with its object, or *lazily* with the ``"package.module:Name"``
+path that holds it (imported on first use, so that listing names and descriptions
+imports nothing heavy). Plug-in packages add entries through an entry-point group
+(``searchprune.searchers`` for searchers; see :meth:`Registry.add_entry_points`), and any
+config field that takes a registered name also takes a ``"package.module:Name"`` path.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,8 @@ import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from importlib import metadata
+from typing import Generic, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -23,11 +31,14 @@ class UnknownNameError(SpecError):
     """A name that is not in a registry; the message lists the valid names."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Entry(Generic[T]):
+    """One registered name: its object, or the import path it is loaded from."""
+
     name: str
-    value: T
     description: str
+    target: str = ""
+    value: T | None = None
 
 
 class Registry(Generic[T]):
@@ -48,18 +59,43 @@ class Registry(Generic[T]):
         return add
 
     def add(self, name: str, value: T, description: str) -> None:
-        if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._entries[name] = Entry(name, value, description)
+        """Register ``value`` under ``name``."""
+        self._add(Entry(name, description, value=value))
+
+    def add_lazy(self, name: str, target: str, description: str) -> None:
+        """Register ``"package.module:Name"`` under ``name``, imported on first use."""
+        if not is_import_path(target):
+            raise ValueError(f"{target!r} is not of the form 'package.module:Name'")
+        self._add(Entry(name, description, target=target))
+
+    def add_entry_points(self, group: str) -> None:
+        """Register the entry points of ``group`` that installed packages declare (in
+        pyproject: ``[project.entry-points."<group>"] name = "package.module:Name"``).
+        Their description is the loaded object's ``description`` or docstring."""
+        for point in metadata.entry_points(group=group):
+            if point.name not in self._entries:
+                self._add(Entry(point.name, "", target=point.value))
+
+    def _add(self, entry: Entry[T]) -> None:
+        if entry.name in self._entries:
+            raise ValueError(f"{self.kind} {entry.name!r} is registered twice")
+        self._entries[entry.name] = entry
 
     def get(self, name: str) -> T:
         """The entry called ``name``, or the object ``"package.module:Name"`` imports
         (a plug-in, used as it is, without registering it)."""
         if is_import_path(name):
-            return import_object(name, self.field)  # type: ignore[return-value]
+            return cast(T, import_object(name, self.field))
         if name not in self._entries:
             raise UnknownNameError(unknown_name_message(self.field, self.kind, name, self.names()))
-        return self._entries[name].value
+        return self._load(self._entries[name])
+
+    def _load(self, entry: Entry[T]) -> T:
+        if entry.value is None:
+            entry.value = cast(T, import_object(entry.target, self.field))
+            if not entry.description:
+                entry.description = describe(entry.value)
+        return entry.value
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -68,7 +104,21 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
-        return iter(self._entries[name] for name in self.names())
+        """Every entry, by name; entry-point plug-ins are loaded for their description."""
+        for name in self.names():
+            entry = self._entries[name]
+            if not entry.description:
+                self._load(entry)
+            yield entry
+
+
+def describe(value: object) -> str:
+    """A plug-in's one-line description: its ``description`` attribute, else the first
+    line of its docstring."""
+    text = getattr(value, "description", None)
+    if isinstance(text, str) and text:
+        return text
+    return (getattr(value, "__doc__", None) or "").strip().split("\n")[0]
 
 
 def unknown_name_message(field: str, kind: str, name: str, valid: list[str]) -> str:
@@ -87,7 +137,7 @@ def import_object(path: str, field: str) -> object:
     """Import ``"package.module:attribute"``, with an error naming the config field."""
     module_name, sep, attribute = path.partition(":")
     if not sep or not module_name or not attribute:
-        raise SpecError(f"{field}: {path!r} is not of the form 'package.module:function'")
+        raise SpecError(f"{field}: {path!r} is not of the form 'package.module:Name'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:

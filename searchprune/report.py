@@ -1,4 +1,8 @@
-"""Run reports: ``summary.json``, PNG plots and the console comparison table."""
+"""Run reports: the figures of a pruned model (val, test, latency, fine-tuned), the
+``summary.json`` sections, PNG plots and the console comparison table.
+
+The test split is read here, for the report only: nothing here feeds back into search.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,14 @@ from typing import Any, Literal
 
 import matplotlib
 
+from searchprune.config import Config
+from searchprune.core.masks import MaskSet
+from searchprune.finetune import finetune
+from searchprune.latency import deployed, measure_ms
+from searchprune.problem import Evaluation, Problem
+from searchprune.rundir import RunDir, write_json
 from searchprune.search.base import FrontMember
+from searchprune.tasks import Split, Task, score_model
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -17,18 +28,107 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+# ---------------------------------------------------------------------- figures
+def final_test_split(task: Task, problem: Problem) -> Split | None:
+    """The task's test split on the problem's device (``None`` when it has none)."""
+    return None if task.test is None else task.split("test").to(problem.device)
 
 
-def read_history(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def dense_figures(problem: Problem, test: Split | None) -> dict[str, Any]:
+    """The dense model's val and test accuracy (and latency, when the run measures it)."""
+    loss = problem.task.loss
+    figures: dict[str, Any] = {
+        "val_accuracy": score_model(problem.model, problem.val, loss).accuracy,
+        "test_accuracy": score_model(problem.model, test, loss).accuracy if test else None,
+    }
+    if problem.latency is not None:
+        example = problem.task.example_input().to(problem.device)
+        figures["latency_ms"] = measure_ms(problem.model, example)
+    return figures
 
+
+def mask_figures(
+    config: Config, problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None
+) -> dict[str, Any]:
+    """Val and test figures of ``masks`` as scored, the deployed model's measured latency
+    when the run measures latency, and the figures after fine-tuning when configured."""
+    stats = problem.exact_stats(masks)
+    with problem.masked(masks) as model:
+        val = score_model(model, problem.val, problem.task.loss)
+        test_acc = score_model(model, test, problem.task.loss).accuracy if test else None
+    figures: dict[str, Any] = {
+        "val_fitness": evaluation.fitness,
+        "val_accuracy": val.accuracy,
+        "test_accuracy": test_acc,
+        "sparsity": stats["sparsity"],
+        "flops_fraction": stats["flops_fraction"],
+        "params_fraction": stats["params_fraction"],
+    }
+    if problem.latency is not None:
+        example = problem.task.example_input().to(problem.device)
+        runnable = deployed(
+            problem.masked_copy(masks),
+            masks,
+            problem.layers,
+            problem.graph,
+            problem.granularity,
+            example,
+        )
+        figures["latency_ms"] = measure_ms(runnable, example)
+        figures["latency_ms_predicted"] = stats["latency_ms"]
+    tune = config.finetune
+    if tune.epochs > 0:
+        tuned = finetune(
+            problem.model,
+            masks,
+            problem.train,
+            epochs=tune.epochs,
+            lr=tune.lr,
+            batch_size=tune.batch_size,
+            seed=config.run.seed,
+            weight_decay=tune.weight_decay,
+            loss=problem.task.loss,
+        )
+        figures["finetuned"] = {
+            "epochs": tune.epochs,
+            "val_accuracy": score_model(tuned, problem.val, problem.task.loss).accuracy,
+            "test_accuracy": score_model(tuned, test, problem.task.loss).accuracy if test else None,
+        }
+    return figures
+
+
+def latency_section(problem: Problem) -> dict[str, Any]:
+    """The measured latency curve and the budget it turned into, for ``summary.json``."""
+    assert problem.latency is not None
+    return {
+        "axis": problem.latency.axis,
+        "kernels": problem.latency.kernels,
+        "points": problem.latency.points,
+        "search_budget": {problem.budget.kind: problem.budget.target},
+    }
+
+
+# -------------------------------------------------------------------- the report
+def write_report(
+    run_dir: RunDir,
+    summary: dict[str, Any],
+    densities: Mapping[str, Mapping[str, float]],
+    front: Sequence[FrontMember],
+) -> str:
+    """Write ``summary.json`` (with the Pareto front, when there is one) and the plots;
+    return the console table."""
+    task, budget = summary["task"], summary["budget"]
+    if front:
+        summary["pareto_front"] = write_front(front, run_dir.path, f"{task}: val fitness vs cost")
+    run_dir.write_summary(summary)
+    plot_fitness(run_dir.read_history(), run_dir / "fitness.png", f"{summary['method']} on {task}")
+    plot_layer_sparsity(
+        densities, run_dir / "layer_sparsity.png", f"per-layer sparsity, {task}, budget {budget}"
+    )
+    return comparison_table(summary)
+
+
+# ------------------------------------------------------------------------ plots
 
 LegendPlace = Literal["best", "upper left", "lower right"]
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
 import random
 import time
 from collections.abc import Callable
@@ -22,44 +20,30 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from searchprune.assemble import build_problem, build_task
-from searchprune.config import (
-    Config,
-    ConfigError,
-    apply_override,
-    describe_errors,
-    validate_config,
-)
+from searchprune.config import Config, ConfigError
 from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
-from searchprune.finetune import finetune
 from searchprune.fitness import FITNESSES
-from searchprune.latency import LatencyModel, deployed, measure_ms
+from searchprune.latency import LatencyModel
 from searchprune.problem import Evaluation, Problem
-from searchprune.pruners.oneshot import METHODS
-from searchprune.pruners.training import TRAINING_METHODS
-from searchprune.registry import SpecError, unknown_name_message
+from searchprune.pruners import baseline_method, make_method, method_class
+from searchprune.registry import SpecError
 from searchprune.report import (
-    comparison_table,
-    plot_fitness,
-    plot_layer_sparsity,
-    read_history,
-    write_front,
-    write_json,
+    dense_figures,
+    final_test_split,
+    latency_section,
+    mask_figures,
+    write_report,
 )
+from searchprune.rundir import RunDir
 from searchprune.runtime import prepare_process
 from searchprune.search import SEARCHERS, Searcher, make_searcher
 from searchprune.search.base import FrontMember
-from searchprune.tasks import TASKS, Split, Task, score_model
-
-CHECKPOINT = "checkpoint.pkl"
-TRAINED_MODEL = "trained_model.pt"
-LATENCY_MODEL = "latency_model.json"
-HISTORY = "history.jsonl"
+from searchprune.space import BudgetMode
+from searchprune.tasks import TASKS, Task
 
 
 # --------------------------------------------------------------------- building
@@ -71,10 +55,10 @@ def build_searcher(config: Config, problem: Problem) -> Searcher:
     )
 
 
-def build_evaluator(config: Config, problem: Problem) -> Evaluator:
+def build_evaluator(config: Config, problem: Problem, budget_mode: BudgetMode) -> Evaluator:
     spec = config.evaluator
     if spec.name == "local":
-        return LocalEvaluator(problem, cache=spec.cache)
+        return LocalEvaluator(problem, cache=spec.cache, budget_mode=budget_mode)
     from searchprune.evaluate.ray import RayEvaluator  # Ray loads only when asked for
 
     return RayEvaluator(
@@ -87,12 +71,13 @@ def build_evaluator(config: Config, problem: Problem) -> Evaluator:
         chunk=spec.chunk,
         max_deaths=spec.max_deaths,
         cache=spec.cache,
+        budget_mode=budget_mode,
     )
 
 
 def check_names(config: Config) -> None:
     """Fail fast, before any training, on names no registry knows."""
-    from searchprune.pruners.criteria import CRITERIA
+    from searchprune.criteria import CRITERIA
     from searchprune.space import SPACES
 
     checks: list[tuple[Any, str]] = [
@@ -103,18 +88,15 @@ def check_names(config: Config) -> None:
     ]
     if config.searcher is not None:
         checks.append((SEARCHERS, config.searcher.name))
-    checks += [(METHODS, name) for name in config.baselines]
-    for registry, name in checks:
-        try:
+    try:
+        for registry, name in checks:
             registry.get(name)
-        except SpecError as error:
-            raise ConfigError(str(error).replace("method:", "baselines:", 1)) from None
-    if config.method is not None:
-        known = METHODS.names() + TRAINING_METHODS.names()
-        if config.method.name not in known:
-            raise ConfigError(
-                unknown_name_message("method.name", "method", config.method.name, known)
-            )
+        if config.method is not None:
+            method_class(config.method.name)
+        for name in config.baselines:
+            baseline_method(name)
+    except SpecError as error:
+        raise ConfigError(str(error)) from None
 
 
 # ------------------------------------------------------------------------- loop
@@ -157,25 +139,8 @@ def _history_line(index: int, result: Result, best: float) -> str:
     return json.dumps(row)
 
 
-def _save_checkpoint(out: Path, state: LoopState, searcher: Searcher) -> None:
-    tmp = out / (CHECKPOINT + ".tmp")
-    with open(tmp, "wb") as handle:
-        pickle.dump({"loop": state, "searcher": searcher.state_dict()}, handle)
-    os.replace(tmp, out / CHECKPOINT)
-
-
-def _load_checkpoint(out: Path, searcher: Searcher) -> LoopState:
-    with open(out / CHECKPOINT, "rb") as handle:
-        saved = pickle.load(handle)
-    searcher.load_state_dict(saved["searcher"])
-    state: LoopState = saved["loop"]
-    lines = (out / HISTORY).read_text().splitlines(keepends=True)[: state.evals]
-    (out / HISTORY).write_text("".join(lines))
-    return state
-
-
 def search_loop(
-    config: Config, searcher: Searcher, evaluator: Evaluator, out: Path, state: LoopState
+    config: Config, searcher: Searcher, evaluator: Evaluator, run_dir: RunDir, state: LoopState
 ) -> LoopState:
     """Ask, evaluate, tell, log and checkpoint until a stopping rule fires."""
     run = config.run
@@ -188,7 +153,7 @@ def search_loop(
         unit="eval",
         dynamic_ncols=True,
     )
-    with open(out / HISTORY, "a") as history:
+    with run_dir.append_history() as history:
         while state.evals < run.max_evals:
             if run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds:
                 break
@@ -207,103 +172,29 @@ def search_loop(
                 state.evals += 1
             history.flush()
             state.elapsed = time.perf_counter() - started
-            _save_checkpoint(out, state, searcher)
+            run_dir.save_checkpoint({"loop": state, "searcher": searcher.state_dict()})
             bar.update(len(results))
             bar.set_postfix(best=f"{state.best_fitness:.4f}", refresh=False)
     bar.close()
     return state
 
 
-# ----------------------------------------------------------------------- report
-def _test_split(task: Task, device: torch.device) -> Split | None:
-    if task.test is None:
-        return None
-    split = task.split("test")
-    tensors = split.tensors
-    return (
-        split
-        if tensors is None
-        else Split((tensors[0].to(device), tensors[1].to(device)), split.batch_size)
-    )
-
-
-def _dense_latency(problem: Problem) -> dict[str, float]:
-    """The dense model's measured latency, when the run measures latency."""
-    if problem.latency is None:
-        return {}
-    return {
-        "latency_ms": measure_ms(problem.model, problem.task.example_input().to(problem.device))
-    }
-
-
-def _figures(
-    config: Config, problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None
-) -> dict[str, Any]:
-    """Val and test figures of ``masks`` as scored, and after fine-tuning when configured."""
-    stats = problem.exact_stats(masks)
-    with problem.masked(masks) as model:
-        val = score_model(model, problem.val, problem.task.loss)
-        test_acc = score_model(model, test, problem.task.loss).accuracy if test else None
-    figures: dict[str, Any] = {
-        "val_fitness": evaluation.fitness,
-        "val_accuracy": val.accuracy,
-        "test_accuracy": test_acc,
-        "sparsity": stats["sparsity"],
-        "flops_fraction": stats["flops_fraction"],
-        "params_fraction": stats["params_fraction"],
-    }
-    if problem.latency is not None:
-        example = problem.task.example_input().to(problem.device)
-        runnable = deployed(
-            problem.masked_copy(masks),
-            masks,
-            problem.layers,
-            problem.graph,
-            problem.granularity,
-            example,
-        )
-        figures["latency_ms"] = measure_ms(runnable, example)
-        figures["latency_ms_predicted"] = stats["latency_ms"]
-    tune = config.finetune
-    if tune.epochs > 0:
-        tuned = finetune(
-            problem.model,
-            masks,
-            problem.train,
-            epochs=tune.epochs,
-            lr=tune.lr,
-            batch_size=tune.batch_size,
-            seed=config.run.seed,
-            weight_decay=tune.weight_decay,
-            loss=problem.task.loss,
-        )
-        figures["finetuned"] = {
-            "epochs": tune.epochs,
-            "val_accuracy": score_model(tuned, problem.val, problem.task.loss).accuracy,
-            "test_accuracy": score_model(tuned, test, problem.task.loss).accuracy if test else None,
-        }
-    return figures
-
-
+# ------------------------------------------------------------------- finishing
 def _run_method(
     config: Config, task: Task, problem: Problem
 ) -> tuple[Problem, MaskSet, dict[str, Any]]:
-    """Run the config's ``method``: a one-shot baseline on the problem's model, or a
-    training-time method, whose trained copy gets a problem of its own."""
+    """Run the config's ``method`` on the problem; a trained copy of the model (from a
+    training-time method) gets a problem of its own."""
     assert config.method is not None
-    name, options = config.method.name, config.method.options
-    if name in METHODS:
-        if options:
-            raise ConfigError(f"method: {name!r} takes no settings, got {sorted(options)}")
-        return problem, METHODS.get(name)(problem), {}
-    cls = TRAINING_METHODS.get(name)
     try:
-        params = cls.Params.model_validate(options)
-    except ValidationError as error:
-        raise ConfigError(describe_errors(error, "method", cls.Params, name)) from None
-    trained = cls(params, config.run.seed).run(problem)
-    trained_problem = build_problem(config, replace(task, model=trained.model), problem.latency)
-    return trained_problem, trained.masks, trained.info
+        method = make_method(config.method.name, config.run.seed, **config.method.options)
+    except SpecError as error:
+        raise ConfigError(str(error)) from None
+    result = method.run(problem)
+    if result.model is None:
+        return problem, result.masks, result.info
+    trained_problem = build_problem(config, replace(task, model=result.model), problem.latency)
+    return trained_problem, result.masks, result.info
 
 
 def finish(
@@ -312,7 +203,7 @@ def finish(
     problem: Problem,
     best: tuple[MaskSet, Evaluation],
     state: LoopState,
-    out: Path,
+    run_dir: RunDir,
     echo: Callable[[str], None],
     front: list[FrontMember] | None = None,
     best_problem: Problem | None = None,
@@ -324,38 +215,33 @@ def finish(
     ``problem``'s (a training-time method's trained copy); dense figures and baselines
     always come from ``problem``'s original model.
     """
-    test = _test_split(task, problem.device)
+    test = final_test_split(task, problem)
     masks, evaluation = best
-    masks.save(out / "best_masks.npz")
-    dense_val = score_model(problem.model, problem.val, problem.task.loss)
-    dense_test = score_model(problem.model, test, problem.task.loss) if test is not None else None
+    run_dir.save_best_masks(masks)
     best_problem = best_problem or problem
     densities = {"best": best_problem.layer_density(masks)}
     baselines: dict[str, dict[str, Any]] = {}
     for name in config.baselines:
         if config.method is not None and name == config.method.name:
             continue
-        baseline_masks = METHODS.get(name)(problem)
-        baselines[name] = _figures(
+        baseline_masks = make_method(name, config.run.seed).run(problem).masks
+        baselines[name] = mask_figures(
             config, problem, baseline_masks, problem.score_masks(baseline_masks, name), test
         )
         densities[name] = problem.layer_density(baseline_masks)
-    history = read_history(out / HISTORY)
-    summary = {
+    summary: dict[str, Any] = {
         "seed": config.run.seed,
         "task": config.task.name,
         "method": config.method_name,
         "evaluations": state.evals,
-        "unique_evaluations": sum(1 for row in history if not row.get("cached", False)),
+        "unique_evaluations": sum(
+            1 for row in run_dir.read_history() if not row.get("cached", False)
+        ),
         "wall_time_s": round(state.elapsed, 3),
         "budget": config.budget,
-        "dense": {
-            "val_accuracy": dense_val.accuracy,
-            "test_accuracy": dense_test.accuracy if dense_test else None,
-            **_dense_latency(problem),
-        },
+        "dense": dense_figures(problem, test),
         "best": {
-            **_figures(config, best_problem, masks, evaluation, test),
+            **mask_figures(config, best_problem, masks, evaluation, test),
             "eval_index": state.best_index,
         },
         "baselines": baselines,
@@ -363,29 +249,9 @@ def finish(
     if method_info:
         summary["method_info"] = method_info
     if problem.latency is not None:
-        summary["latency_model"] = {
-            "axis": problem.latency.axis,
-            "kernels": problem.latency.kernels,
-            "points": problem.latency.points,
-            "search_budget": {problem.budget.kind: problem.budget.target},
-        }
-    if front:
-        summary["pareto_front"] = write_front(
-            front, out, f"{config.task.name}: val fitness vs cost"
-        )
-    write_json(out / "summary.json", summary)
-    plot_fitness(
-        history,
-        out / "fitness.png",
-        f"{summary['method']} on {config.task.name}",
-    )
-    plot_layer_sparsity(
-        densities,
-        out / "layer_sparsity.png",
-        f"per-layer sparsity, {config.task.name}, budget {config.budget}",
-    )
-    echo(comparison_table(summary))
-    echo(f"run directory: {out}")
+        summary["latency_model"] = latency_section(problem)
+    echo(write_report(run_dir, summary, densities, front or []))
+    echo(f"run directory: {run_dir.path}")
     return summary
 
 
@@ -393,16 +259,15 @@ def run(
     config: Config, out: str | Path, *, resume: bool = False, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Run a config into directory ``out`` (or continue the run there); return the summary."""
-    out = Path(out)
+    run_dir = RunDir(out)
     check_names(config)
-    if not resume and (out / CHECKPOINT).exists():
+    if not resume and run_dir.started:
         raise ConfigError(f"{out} already holds a run; pass --resume {out} or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
+    run_dir.create(config)
     prepare_process(config.evaluator.threads)
     random.seed(config.run.seed)
     torch.manual_seed(config.run.seed)
-    measured = out / LATENCY_MODEL
+    measured = run_dir / RunDir.LATENCY_MODEL
     try:
         task = build_task(config)
         problem = build_problem(
@@ -413,69 +278,70 @@ def run(
     if problem.latency is not None:  # a resumed run searches under the same budget
         problem.latency.save(measured)
     if config.method is not None:
-        started = time.perf_counter()
-        best_problem, masks, info = _run_method(config, task, problem)
-        if best_problem is not problem:  # keep the trained weights the masks belong to
-            torch.save(best_problem.model.state_dict(), out / TRAINED_MODEL)
-        evaluation = best_problem.score_masks(masks, config.method.name)
-        state = LoopState(
-            evals=1,
-            elapsed=time.perf_counter() - started,
-            best_fitness=evaluation.fitness,
-            best_index=0,
-        )
-        (out / HISTORY).write_text(
-            json.dumps(
-                {
-                    "eval": 0,
-                    "fitness": evaluation.fitness,
-                    "best": evaluation.fitness,
-                    **evaluation.metrics,
-                }
-            )
-            + "\n"
-        )
-        return finish(
-            config,
-            task,
-            problem,
-            (masks, evaluation),
-            state,
-            out,
-            echo,
-            best_problem=best_problem,
-            method_info=info,
-        )
+        return _run_method_to_report(config, task, problem, run_dir, echo)
+    return _search_to_report(config, task, problem, run_dir, echo, resume)
+
+
+def _run_method_to_report(
+    config: Config, task: Task, problem: Problem, run_dir: RunDir, echo: Callable[[str], None]
+) -> dict[str, Any]:
+    """Run the config's method, score its masks, and write the report."""
+    assert config.method is not None
+    started = time.perf_counter()
+    best_problem, masks, info = _run_method(config, task, problem)
+    if best_problem is not problem:  # keep the trained weights the masks belong to
+        torch.save(best_problem.model.state_dict(), run_dir / RunDir.TRAINED_MODEL)
+    evaluation = best_problem.score_masks(masks, config.method.name)
+    state = LoopState(
+        evals=1,
+        elapsed=time.perf_counter() - started,
+        best_fitness=evaluation.fitness,
+        best_index=0,
+    )
+    run_dir.start_history(
+        [{"eval": 0, "fitness": evaluation.fitness, "best": evaluation.fitness,
+          **evaluation.metrics}]
+    )
+    return finish(
+        config,
+        task,
+        problem,
+        (masks, evaluation),
+        state,
+        run_dir,
+        echo,
+        best_problem=best_problem,
+        method_info=info,
+    )
+
+
+def _search_to_report(
+    config: Config,
+    task: Task,
+    problem: Problem,
+    run_dir: RunDir,
+    echo: Callable[[str], None],
+    resume: bool,
+) -> dict[str, Any]:
+    """Run (or resume) the config's searcher through the loop, and write the report."""
     try:
         searcher = build_searcher(config, problem)
-        problem.space.exact = searcher.budget_mode == "exact"
     except SpecError as error:
         raise ConfigError(str(error)) from None
     state = LoopState()
-    if resume and (out / CHECKPOINT).exists():
-        state = _load_checkpoint(out, searcher)
-        echo(f"resuming {out} at evaluation {state.evals}")
+    if resume and run_dir.started:
+        saved = run_dir.load_checkpoint()
+        searcher.load_state_dict(saved["searcher"])
+        state = saved["loop"]
+        echo(f"resuming {run_dir.path} at evaluation {state.evals}")
     else:
-        (out / HISTORY).write_text("")
-    with build_evaluator(config, problem) as evaluator:
-        state = search_loop(config, searcher, evaluator, out, state)
+        run_dir.start_history()
+    with build_evaluator(config, problem, searcher.budget_mode) as evaluator:
+        state = search_loop(config, searcher, evaluator, run_dir, state)
     if state.best_genome is None:
         raise RuntimeError("the run ended before any candidate was evaluated")
     best_masks = problem.space.decode(state.best_genome)
     best_eval = Evaluation(state.best_fitness, state.best_metrics)
     return finish(
-        config, task, problem, (best_masks, best_eval), state, out, echo, searcher.front()
+        config, task, problem, (best_masks, best_eval), state, run_dir, echo, searcher.front()
     )
-
-
-def load_run_config(out: str | Path, overrides: list[str] | None = None) -> Config:
-    """The resolved config of an existing run, with ``run.*`` overrides allowed."""
-    path = Path(out) / "config.yaml"
-    if not path.exists():
-        raise ConfigError(f"--resume {out}: no run there (missing config.yaml)")
-    data = yaml.safe_load(path.read_text())
-    for assignment in overrides or []:
-        if not assignment.startswith("run."):
-            raise ConfigError(f"--set {assignment!r}: a resumed run only takes run.* overrides")
-        apply_override(data, assignment)
-    return validate_config(data)

@@ -10,7 +10,9 @@
     One bit per channel/unit (1 = keep), as in GA channel pruning (Hu et al. 2018).
 
 Both spaces *repair* any genome so that its decoded masks meet the budget exactly: the
-result meets the budget, and giving back one element in every unit would break it.
+result meets the budget, and giving back one element in every unit would break it. In
+``"bound"`` mode (:data:`BudgetMode`, chosen by the searcher: multi-objective searchers
+explore cheaper candidates too) only genomes over the budget are repaired.
 Repair works on whole batches of genomes at once (it runs per candidate, so it is on
 the hot path).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -27,10 +30,20 @@ from torch import Tensor
 from searchprune.core.budget import Budget
 from searchprune.core.masks import MaskApplier, MaskSet
 from searchprune.core.units import CostModel, Unit
-from searchprune.pruners.criteria import channel_scores
+from searchprune.criteria import channel_scores
 from searchprune.registry import Registry, SpecError
 
 _EPS = 1e-6
+
+BudgetMode = Literal["exact", "bound"]
+"""How repair treats a genome: ``"exact"`` moves every genome onto the budget,
+``"bound"`` only those over it."""
+
+
+def check_budget_mode(mode: str) -> None:
+    """:raises ValueError: for a mode other than ``"exact"`` or ``"bound"``."""
+    if mode not in get_args(BudgetMode):
+        raise ValueError(f"budget mode must be one of {get_args(BudgetMode)}, got {mode!r}")
 
 
 class BudgetError(SpecError):
@@ -83,10 +96,11 @@ class BudgetRepair:
         ratios = 1.0 / (1.0 + np.exp(-(logits[:, None, :] + shift[..., None])))
         return np.clip(np.round(ratios * self.cost.sizes), self.k_min, self.k_max)
 
-    def removed_counts(self, ratios: np.ndarray, exact: bool = True) -> np.ndarray:
+    def removed_counts(self, ratios: np.ndarray, mode: BudgetMode = "exact") -> np.ndarray:
         """Counts ``(P, U)`` meeting the budget for ratio genomes ``(P, U)``: exactly on it,
-        or, when not ``exact``, as they are for genomes already within it."""
-        if exact:
+        or, in ``"bound"`` mode, as they are for genomes already within it."""
+        check_budget_mode(mode)
+        if mode == "exact":
             return self._exact_counts(ratios)
         direct = np.clip(np.round(ratios * self.cost.sizes), self.k_min, self.k_max)
         within = self.met(direct)
@@ -141,7 +155,6 @@ class Space(ABC):
             max_ratio = default_max_ratio(self.granularity)
         self.lower, self.upper = self._bounds(min_ratio, max_ratio, layer_bounds or {})
         self.repairer = BudgetRepair(cost, budget, self.lower, self.upper)
-        self.exact = True  # False: repair only genomes over the budget (see Searcher.budget_mode)
         if self.granularity == "weight":
             self._ranks = [_rank(weight_scores[unit.name]) for unit in self.units]
         else:
@@ -179,9 +192,9 @@ class Space(ABC):
         """``n`` random (unrepaired) genomes, shape ``(n, dim)``."""
 
     @abstractmethod
-    def repair(self, genomes: np.ndarray) -> np.ndarray:
-        """Genomes ``(P, dim)`` moved to the nearest point that meets the budget exactly
-        (or, when :attr:`exact` is False, only those over it)."""
+    def repair(self, genomes: np.ndarray, mode: BudgetMode = "exact") -> np.ndarray:
+        """Genomes ``(P, dim)`` moved to the nearest point that meets the budget: every
+        genome onto it (``mode="exact"``), or only those over it (``"bound"``)."""
 
     @abstractmethod
     def removed(self, genomes: np.ndarray) -> np.ndarray:
@@ -231,9 +244,9 @@ class LayerRatioSpace(Space):
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return rng.uniform(self.lower, self.upper, size=(n, self.dim))
 
-    def repair(self, genomes: np.ndarray) -> np.ndarray:
+    def repair(self, genomes: np.ndarray, mode: BudgetMode = "exact") -> np.ndarray:
         genomes = np.atleast_2d(np.asarray(genomes, dtype=np.float64))
-        return self.repairer.removed_counts(genomes, self.exact) / self.cost.sizes
+        return self.repairer.removed_counts(genomes, mode) / self.cost.sizes
 
     def removed(self, genomes: np.ndarray) -> np.ndarray:
         return np.round(np.atleast_2d(genomes) * self.cost.sizes)
@@ -307,11 +320,11 @@ class BinarySpace(Space):
             np.float64
         )
 
-    def repair(self, genomes: np.ndarray) -> np.ndarray:
+    def repair(self, genomes: np.ndarray, mode: BudgetMode = "exact") -> np.ndarray:
         """Meet the budget by pruning the lowest-scored kept channels of a unit, or by
         restoring its highest-scored pruned ones, as few as the budget requires."""
         genomes = np.atleast_2d(genomes).astype(bool)
-        targets = self.repairer.removed_counts(self.removed(genomes) / self.cost.sizes, self.exact)
+        targets = self.repairer.removed_counts(self.removed(genomes) / self.cost.sizes, mode)
         repaired = np.empty_like(genomes)
         for u, part in enumerate(self._slices()):
             bits = genomes[:, part]

@@ -47,11 +47,10 @@ def distance_fitness(space: Space) -> Fitness:
 
 
 def make(name: str, space: Space, seed: int, **params: object) -> Searcher:
-    """The registered searcher ``name``, with the space repairing as it asks."""
+    """The registered searcher ``name`` (:func:`rounds` repairs in its budget mode)."""
     cls = SEARCHERS.get(name)
-    if name in ("cmaes", "amc") and space.kind == "binary":
-        pytest.skip(f"{name} searches real genomes only")
-    space.exact = cls.budget_mode == "exact"
+    if space.kind not in cls.space_kinds:
+        pytest.skip(f"{name} does not search {space.kind} genomes")
     problem = next(p for p in _PROBLEMS.values() if p.space is space)
     return cls.create(space, cls.Params.model_validate(params), seed, problem)
 
@@ -68,7 +67,7 @@ def rounds(
         want = min(next(sizes) if sizes else searcher.batch_size, evals - done)
         asked = searcher.ask(want)
         assert 1 <= len(asked) <= want
-        repaired = searcher.space.repair(asked)
+        repaired = searcher.space.repair(asked, searcher.budget_mode)
         scores = np.array([fitness(genome) for genome in repaired])
         figures = searcher.space.figures(repaired)
         metrics = [{k: float(v[i]) for k, v in figures.items()} for i in range(len(repaired))]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from searchprune.problem import Evaluation, Problem
+from searchprune.space import BudgetMode, check_budget_mode
 
 
 @dataclass
@@ -31,10 +32,19 @@ class Result:
 
 
 class Evaluator(ABC):
-    """Scores batches of genomes for one :class:`Problem`."""
+    """Scores batches of genomes for one :class:`Problem`.
 
-    def __init__(self, problem: Problem, *, cache: bool = True) -> None:
+    ``budget_mode`` is how genomes are repaired before scoring (see
+    :data:`~searchprune.space.BudgetMode`): pass the searcher's
+    (``Evaluator(problem, budget_mode=searcher.budget_mode)``).
+    """
+
+    def __init__(
+        self, problem: Problem, *, cache: bool = True, budget_mode: BudgetMode = "exact"
+    ) -> None:
+        check_budget_mode(budget_mode)
         self.problem = problem
+        self.budget_mode = budget_mode
         self.use_cache = cache
         self._cache: dict[bytes, Evaluation] = {}
         self.scored = 0
@@ -48,7 +58,7 @@ class Evaluator(ABC):
             raise ValueError(
                 f"expected genomes of shape (n, {self.problem.space.dim}), got {batch.shape}"
             )
-        repaired = self.problem.space.repair(batch)
+        repaired = self.problem.space.repair(batch, self.budget_mode)
         keys = [genome.tobytes() for genome in repaired]
         todo = [i for i, key in enumerate(keys) if not (self.use_cache and key in self._cache)]
         fresh: dict[int, Evaluation] = {}

@@ -27,6 +27,7 @@ from searchprune.evaluate.base import Evaluator
 from searchprune.fitness import FitnessError
 from searchprune.problem import Evaluation, Problem
 from searchprune.runtime import prepare_process
+from searchprune.space import BudgetMode
 
 
 class _ProblemActor:
@@ -69,8 +70,9 @@ class RayEvaluator(Evaluator):
         target_seconds: float = 0.05,
         max_deaths: int = 3,
         cache: bool = True,
+        budget_mode: BudgetMode = "exact",
     ) -> None:
-        super().__init__(problem, cache=cache)
+        super().__init__(problem, cache=cache, budget_mode=budget_mode)
         self.chunk, self.target_seconds = chunk, target_seconds
         self.max_deaths = max_deaths
         self._seconds_per_eval: float | None = None

@@ -48,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from searchprune.search.base import SEARCHERS, RoundSearcher, SearcherParams
+from searchprune.search.base import RoundSearcher, SearcherParams
 from searchprune.space import Space
 
 _PACE = (0.5, 2.0)  # adaptive cooling pace, relative to the exponential schedule's
@@ -82,7 +82,6 @@ class SAParams(SearcherParams):
     )
 
 
-@SEARCHERS.register("sa", "simulated annealing: batched neighbours, scale-free acceptance")
 class SimulatedAnnealing(RoundSearcher):
     """Parallel-neighbour simulated annealing; see the module docstring."""
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from searchprune.config import describe_errors
 from searchprune.problem import Problem
 from searchprune.registry import Registry, SpecError
-from searchprune.space import Space
+from searchprune.space import SPACES, BudgetMode, Space
 
 
 class SearcherParams(BaseModel):
@@ -49,14 +49,21 @@ class FrontMember:
 class Searcher(ABC):
     """Ask/tell search over the genomes of a :class:`Space`.
 
-    ``budget_mode`` tells the run how to repair genomes: ``"exact"`` moves every genome
-    onto the budget; ``"bound"`` repairs only genomes over it (multi-objective searchers
-    that explore cheaper candidates too).
+    Capabilities, which the run and ``compare`` read instead of branching on names:
+
+    - ``budget_mode``: how the evaluator repairs this searcher's genomes: ``"exact"``
+      moves every genome onto the budget; ``"bound"`` repairs only genomes over it
+      (multi-objective searchers that explore cheaper candidates too);
+    - ``space_kinds``: the genome kinds it searches (``"real"`` ratios, ``"binary"`` bits);
+    - ``multi_objective``: whether :meth:`front` returns a Pareto front.
     """
 
     name: ClassVar[str]
+    description: ClassVar[str] = ""
     Params: ClassVar[type[SearcherParams]] = SearcherParams
-    budget_mode: ClassVar[str] = "exact"
+    budget_mode: ClassVar[BudgetMode] = "exact"
+    space_kinds: ClassVar[frozenset[str]] = frozenset({"real", "binary"})
+    multi_objective: ClassVar[bool] = False
 
     def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
         self.space = space
@@ -112,8 +119,11 @@ class RoundSearcher(Searcher):
     The run loop may ask for fewer genomes than a round (its last ask, or a smaller
     batch); the rest of the round is handed out by the next asks, so any sequence of ask
     sizes gives the same search. Subclasses provide the round's arrays and
-    :meth:`_close_round`.
+    :meth:`_close_round`. Scored genomes replace the round's asked ones in their repaired
+    form unless ``keeps_repaired`` is False.
     """
+
+    keeps_repaired: ClassVar[bool] = True
 
     def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
         super().__init__(space, params, seed)
@@ -144,7 +154,8 @@ class RoundSearcher(Searcher):
             raise ValueError(f"tell() got {len(genomes)} genomes for {self._asked} asked")
         round_genomes, round_scores = self._round()
         part = slice(self._scored, self._scored + self._asked)
-        round_genomes[part] = genomes
+        if self.keeps_repaired:
+            round_genomes[part] = genomes
         round_scores[part] = fitness
         self._scored += self._asked
         self._asked = 0
@@ -173,6 +184,14 @@ def make_searcher(
     :raises SpecError: naming ``searcher.<key>`` for an unknown or invalid parameter.
     """
     cls = SEARCHERS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Searcher)):
+        raise SpecError(f"searcher.name: {name!r} is not a Searcher subclass")
+    if space.kind not in cls.space_kinds:
+        fitting = [n for n in SPACES.names() if SPACES.get(n).kind in cls.space_kinds]
+        raise SpecError(
+            f"searcher.name={name!r} does not search the {space.name} space ({space.kind} "
+            f"genomes); use space.name: {' or '.join(fitting)}"
+        )
     try:
         validated = cls.Params.model_validate(params)
     except ValidationError as error:

@@ -10,14 +10,13 @@ its own state around every call, so runs are reproducible and checkpointable.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cma
 import numpy as np
 from pydantic import Field
 
-from searchprune.search.base import SEARCHERS, Searcher, SearcherParams
+from searchprune.search.base import RoundSearcher, SearcherParams
 from searchprune.space import Space
 
 
@@ -27,18 +26,18 @@ class CMAESParams(SearcherParams):
     )
 
 
-@SEARCHERS.register("cmaes", "CMA-ES (cma package) over layer ratios")
-class CMAESSearch(Searcher):
-    """CMA-ES in ask/tell form; see the module docstring. Real spaces only."""
+class CMAESSearch(RoundSearcher):
+    """CMA-ES in ask/tell form, one generation per round; see the module docstring. The
+    strategy is told the genomes it sampled (not their repaired versions)."""
 
     name = "cmaes"
     Params = CMAESParams
     params: CMAESParams
+    space_kinds = frozenset({"real"})
+    keeps_repaired = False
 
     def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
         super().__init__(space, params, seed)
-        if space.kind != "real":
-            raise ValueError("searcher.name=cmaes needs space.name: layer-ratios (real genomes)")
         self._numpy_random = np.random.RandomState(seed)
         span = float(np.max(space.upper - space.lower))
         options = {
@@ -50,39 +49,29 @@ class CMAESSearch(Searcher):
         }
         start = (space.lower + space.upper) / 2
         self.es = cma.CMAEvolutionStrategy(start.tolist(), self.params.sigma * span, options)
-        self._pending: list[np.ndarray] = []
-        self._asked: list[np.ndarray] = []
-        self._scores: list[float] = []
+        self._genomes = np.zeros((0, space.dim))
+        self._scores = np.zeros(0)
 
-    def ask(self, n: int) -> np.ndarray:
-        if not self._pending:
-            self._pending = [np.asarray(x, dtype=np.float64) for x in self.es.ask()]
-            self._asked, self._scores = [], []
-        batch, self._pending = self._pending[:n], self._pending[n:]
-        self._asked.extend(batch)
-        return np.array(batch)
+    def _round(self) -> tuple[np.ndarray, np.ndarray]:
+        if len(self._genomes) == 0:
+            self._genomes = np.array(self.es.ask(), dtype=np.float64)
+            self._scores = np.zeros(len(self._genomes))
+        return self._genomes, self._scores
 
-    def tell(
-        self,
-        genomes: np.ndarray,
-        fitness: np.ndarray,
-        metrics: Sequence[Mapping[str, float]] | None = None,
-    ) -> None:
-        self._scores.extend(float(score) for score in fitness)
-        if not self._pending and len(self._scores) == len(self._asked):
-            self.es.tell(self._asked, [-score for score in self._scores])  # cma minimizes
+    def _close_round(self) -> None:
+        self.es.tell(list(self._genomes), (-self._scores).tolist())  # cma minimizes
+        self._genomes = np.zeros((0, self.space.dim))
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
             # one pickle keeps the strategy bound to this searcher's RandomState
             "es": pickle.dumps((self.es, self._numpy_random)),
-            "pending": self._pending,
-            "asked": self._asked,
-            "scores": self._scores,
+            "genomes": self._genomes.copy(),
+            "scores": self._scores.copy(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.es, self._numpy_random = pickle.loads(state["es"])
-        self._pending, self._asked, self._scores = state["pending"], state["asked"], state["scores"]
+        self._genomes, self._scores = state["genomes"].copy(), state["scores"].copy()

@@ -17,9 +17,7 @@ are plain lists inside the searcher, genomes leave it as numpy arrays.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from typing import Any, ClassVar, Literal
 
@@ -27,7 +25,8 @@ import numpy as np
 from deap import base, tools
 from pydantic import Field
 
-from searchprune.search.base import SEARCHERS, Searcher, SearcherParams
+from searchprune.search.base import Searcher, SearcherParams
+from searchprune.search.streams import GlobalStreams
 from searchprune.space import Space
 
 Values = tuple[float, ...]
@@ -80,9 +79,6 @@ class _Individual(list[Any]):
         return _Individual(self, weights, self.fitness.values if self.fitness.valid else None)
 
 
-@SEARCHERS.register(
-    "ga", "genetic algorithm (DEAP): tournament/roulette, crossover, mutation, elitism"
-)
 class GeneticSearch(Searcher):
     """Generational GA with a hall of fame; see the module docstring.
 
@@ -115,7 +111,8 @@ class GeneticSearch(Searcher):
             )
         self._crossover = self._make_crossover(crossover)
         self._mutation = self._make_mutation(mutation)
-        self._random = random.Random(seed)
+        self._streams = GlobalStreams(seed)
+        self._random = self._streams.python
         self.generation = 0
         self.population: list[_Individual] = []
         self.hall = tools.HallOfFame(max(getattr(p, "elites", 1), 1))
@@ -152,24 +149,13 @@ class GeneticSearch(Searcher):
         sigma = [p.sigma * (u - lo) for lo, u in zip(low, up, strict=True)]
         return lambda a: tools.mutGaussian(a, 0.0, sigma, indpb)
 
-    @contextmanager
-    def _own_random(self) -> Iterator[None]:
-        """Run DEAP's operators on this searcher's own random stream."""
-        outer = random.getstate()
-        random.setstate(self._random.getstate())
-        try:
-            yield
-        finally:
-            self._random.setstate(random.getstate())
-            random.setstate(outer)
-
     # ---------------------------------------------------- selection (hooks)
     def _values(self, score: float, metrics: Mapping[str, float] | None) -> Values:
         """The objective values DEAP sees for one scored genome."""
         return (score,)
 
     def _select_parents(self) -> list[_Individual]:
-        """Parents of the next children (inside :meth:`_own_random`)."""
+        """Parents of the next children (inside the searcher's own streams)."""
         p = self.params
         count = p.population - p.elites
         if p.selection == "tournament":
@@ -190,7 +176,7 @@ class GeneticSearch(Searcher):
     # ------------------------------------------------------------- ask/tell
     def _breed(self) -> list[_Individual]:
         p = self.params
-        with self._own_random():
+        with self._streams.active():
             children = [parent.copy_with(self.weights) for parent in self._select_parents()]
             for left, right in zip(children[::2], children[1::2], strict=False):
                 if self._random.random() < p.cx_prob:
@@ -270,7 +256,7 @@ class GeneticSearch(Searcher):
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "random": self._random.getstate(),
+            "streams": self._streams.state_dict(),
             "generation": self.generation,
             "population": self._pack(self.population),
             "pending": self._pack(self.pending),
@@ -280,7 +266,7 @@ class GeneticSearch(Searcher):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._random.setstate(state["random"])
+        self._streams.load_state_dict(state["streams"])
         self.generation = state["generation"]
         self.population = self._unpack(state["population"])
         self.pending = self._unpack(state["pending"])

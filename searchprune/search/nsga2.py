@@ -20,8 +20,9 @@ from typing import ClassVar, Literal
 from deap import tools
 from pydantic import Field
 
-from searchprune.search.base import SEARCHERS, FrontMember, SearcherParams
+from searchprune.search.base import FrontMember, SearcherParams
 from searchprune.search.genetic import GeneticSearch, Values, VariationParams, _Individual
+from searchprune.space import BudgetMode
 
 _COST_STAT = {"flops": "flops_fraction", "params": "params_fraction", "density": "sparsity"}
 
@@ -32,7 +33,6 @@ class NSGA2Params(VariationParams):
     )
 
 
-@SEARCHERS.register("nsga2", "NSGA-II (DEAP): fitness vs FLOPs/params Pareto front")
 class NSGA2Search(GeneticSearch):
     """NSGA-II over the same genomes and operators as the GA; see the module docstring."""
 
@@ -40,7 +40,8 @@ class NSGA2Search(GeneticSearch):
     Params: ClassVar[type[SearcherParams]] = NSGA2Params
     params: NSGA2Params  # type: ignore[assignment]
     weights: ClassVar[Values] = (1.0, -1.0)
-    budget_mode: ClassVar[str] = "bound"
+    budget_mode: ClassVar[BudgetMode] = "bound"
+    multi_objective: ClassVar[bool] = True
 
     def _check_params(self) -> None:
         if self.params.population < 4 or self.params.population % 4:

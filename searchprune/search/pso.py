@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from searchprune.search.base import SEARCHERS, RoundSearcher, SearcherParams
+from searchprune.search.base import RoundSearcher, SearcherParams
 from searchprune.space import Space
 
 
@@ -69,7 +69,6 @@ class PSOParams(SearcherParams):
     neighbours: int = Field(1, ge=1, description="ring neighbours on each side of a particle")
 
 
-@SEARCHERS.register("pso", "particle swarm optimization: continuous or binary, global or ring")
 class ParticleSwarmSearch(RoundSearcher):
     """Synchronous PSO (the swarm moves once every particle is scored); see the module
     docstring."""

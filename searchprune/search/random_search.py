@@ -6,10 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from searchprune.search.base import SEARCHERS, Searcher
+from searchprune.search.base import Searcher
 
 
-@SEARCHERS.register("random", "independent random genomes repaired to the budget (baseline)")
 class RandomSearch(Searcher):
     """Uniform random genomes, the baseline every searcher must beat (Bergstra & Bengio 2012
     showed random search is a strong baseline for hyper-parameter search)."""

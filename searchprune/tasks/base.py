@@ -81,6 +81,14 @@ class Split:
     def first_batch(self) -> Batch:
         return next(iter(self))
 
+    def to(self, device: torch.device) -> Split:
+        """This split with its tensors on ``device`` (a batch iterable, such as a
+        DataLoader, is kept as it is: its batches move where they are used)."""
+        if self._tensors is None:
+            return self
+        inputs, targets = self._tensors
+        return Split((inputs.to(device), targets.to(device)), self.batch_size)
+
 
 @dataclass
 class Task:

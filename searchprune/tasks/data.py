@@ -12,8 +12,6 @@ import random
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 Splits = dict[str, tuple[Tensor, Tensor]]
@@ -38,6 +36,8 @@ def _splits(
     seed: int,
 ) -> Splits:
     """Carve a stratified validation split out of the training part."""
+    from sklearn.model_selection import train_test_split  # imported here: ~0.7 s (scipy)
+
     x_fit, x_val, y_fit, y_val = train_test_split(
         x_train, y_train, test_size=VAL_FRACTION, stratify=y_train, random_state=seed
     )
@@ -54,6 +54,9 @@ def load_digits_splits(seed: int = 0) -> Splits:
     A fixed stratified 75/25 train/test split (1347/450 samples), then a stratified
     20% of the training part as validation (1077 train / 270 val).
     """
+    from sklearn.datasets import load_digits  # imported here: ~0.7 s (scipy)
+    from sklearn.model_selection import train_test_split
+
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(
         x / 16.0,

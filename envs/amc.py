@@ -26,8 +26,7 @@ reproducible and resumable.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar, Literal
 
@@ -42,7 +41,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from envs.layer_pruning import LayerPruningEnv
 from searchprune.problem import Problem
-from searchprune.search.base import SEARCHERS, Searcher, SearcherParams
+from searchprune.search.base import Searcher, SearcherParams
+from searchprune.search.streams import GlobalStreams
 from searchprune.space import Space
 
 Transition = tuple[np.ndarray, np.ndarray, float]  # observation, next observation, action
@@ -68,12 +68,13 @@ class AMCParams(SearcherParams):
     buffer_size: int = Field(20_000, ge=1)
 
 
-@SEARCHERS.register("amc", "AMC: DDPG/TD3/SAC agent picks per-layer ratios (stable-baselines3)")
 class AMCSearch(Searcher):
     """AMC-style reinforcement learning over the ``layer-ratios`` space; see the module
     docstring."""
 
     name = "amc"
+    description = "AMC: DDPG/TD3/SAC agent picks per-layer ratios (stable-baselines3)"
+    space_kinds = frozenset({"real"})
     Params: ClassVar[type[SearcherParams]] = AMCParams
     params: AMCParams
 
@@ -87,15 +88,12 @@ class AMCSearch(Searcher):
 
     def __init__(self, problem: Problem, params: SearcherParams, seed: int) -> None:
         super().__init__(problem.space, params, seed)
-        if problem.space.kind != "real":
-            raise ValueError("searcher.name=amc needs space.name: layer-ratios")
         p = self.params
         make_env = partial(LayerPruningEnv, problem, score=False)
         self.envs = DummyVecEnv([make_env] * p.population)
         self.units = len(problem.space.units)
-        self._numpy_random = np.random.RandomState(seed)
-        self._torch_random = torch.Generator().manual_seed(seed).get_state()
-        with self._own_global_random():
+        self._streams = GlobalStreams(seed)
+        with self._streams.active():
             self.agent = _ALGORITHMS[p.algorithm](
                 "MlpPolicy",
                 DummyVecEnv([make_env]),
@@ -112,20 +110,6 @@ class AMCSearch(Searcher):
         self.episodes = 0
         self.baseline: float | None = None
         self._rollouts: list[list[Transition]] = []
-
-    @contextmanager
-    def _own_global_random(self) -> Iterator[None]:
-        """Run stable-baselines3 (numpy and torch global draws) on this searcher's states."""
-        outer_numpy, outer_torch = np.random.get_state(), torch.get_rng_state()
-        np.random.set_state(self._numpy_random.get_state())
-        torch.set_rng_state(self._torch_random)
-        try:
-            yield
-        finally:
-            self._numpy_random.set_state(np.random.get_state())
-            self._torch_random = torch.get_rng_state()
-            np.random.set_state(outer_numpy)
-            torch.set_rng_state(outer_torch)
 
     # --------------------------------------------------------------- acting
     def _noise_sigma(self) -> float:
@@ -187,7 +171,7 @@ class AMCSearch(Searcher):
         self._rollouts = []
         ready = buffer.size() >= self.params.batch_size
         if self.episodes > self.params.warmup and ready and self.params.gradient_steps:
-            with self._own_global_random():
+            with self._streams.active():
                 self.agent.train(self.params.gradient_steps * len(fitness), self.params.batch_size)
 
     # ------------------------------------------------------------ checkpoint
@@ -201,8 +185,7 @@ class AMCSearch(Searcher):
             "agent_extra": extra,
             "updates": self.agent._n_updates,
             "replay": pickle.dumps(self.agent.replay_buffer),
-            "numpy_random": self._numpy_random.get_state(),
-            "torch_random": self._torch_random.clone(),
+            "streams": self._streams.state_dict(),
             "episodes": self.episodes,
             "baseline": self.baseline,
         }
@@ -215,7 +198,6 @@ class AMCSearch(Searcher):
                 self.agent.log_ent_coef.copy_(state["agent_extra"]["log_ent_coef"])  # type: ignore[attr-defined]
         self.agent._n_updates = state["updates"]
         self.agent.replay_buffer = pickle.loads(state["replay"])
-        self._numpy_random.set_state(state["numpy_random"])
-        self._torch_random = state["torch_random"].clone()
+        self._streams.load_state_dict(state["streams"])
         self.episodes = state["episodes"]
         self.baseline = state["baseline"]

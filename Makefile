@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup quickstart test lint bench clean
+.PHONY: setup quickstart test test-fast lint bench docs clean
 
 $(BIN)/searchprune: pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -20,8 +20,18 @@ test: setup
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+# The suite without the end-to-end tests marked slow (Ray clusters, killed runs, AMC on
+# Ray, large zoo models): about a minute once the built-in models are cached.
+test-fast: setup
+	$(BIN)/ruff check searchprune envs tests benchmarks
+	$(BIN)/pytest -q -m "not slow"
+
 bench: setup
 	$(BIN)/python benchmarks/eval_throughput.py
+
+# docs/config.md from the config's pydantic field descriptions (tests/test_docs.py checks it).
+docs: setup
+	$(BIN)/python -m searchprune.docgen
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

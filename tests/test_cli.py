@@ -147,6 +147,7 @@ def test_list_names_everything(capsys: pytest.CaptureFixture[str]) -> None:
         assert f"  {name} " in out
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     config = _config(tmp_path, run={"max_evals": 1500, "seed": 1, "progress": False})
     reference = tmp_path / "reference"

@@ -62,6 +62,7 @@ def test_ray_results_equal_local_results(ray_evaluator: RayEvaluator) -> None:
     assert len({r.fitness for r in remote}) > 1
 
 
+@pytest.mark.slow
 def test_a_killed_actor_is_replaced_and_nothing_is_lost(ray_evaluator: RayEvaluator) -> None:
     problem = ray_evaluator.problem
     genomes = problem.space.sample(np.random.default_rng(1), 48)
@@ -74,6 +75,7 @@ def test_a_killed_actor_is_replaced_and_nothing_is_lost(ray_evaluator: RayEvalua
     assert ray_evaluator.replaced == replaced + 1
 
 
+@pytest.mark.slow
 def test_an_actor_killed_mid_evaluation_loses_nothing(ray_evaluator: RayEvaluator) -> None:
     problem = ray_evaluator.problem
     genomes = problem.space.sample(np.random.default_rng(2), 3000)
@@ -89,6 +91,7 @@ def test_an_actor_killed_mid_evaluation_loses_nothing(ray_evaluator: RayEvaluato
     assert ray_evaluator.replaced == replaced + 1
 
 
+@pytest.mark.slow
 def test_candidates_that_keep_killing_actors_are_named(ray_evaluator: RayEvaluator) -> None:
     def exit_process(ctx: FitnessContext) -> float:  # a crash no exception can report
         os._exit(3)

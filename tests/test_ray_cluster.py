@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts a two-node Ray cluster (about 40 s)
+
 BIN = Path(sys.executable).parent
 
 

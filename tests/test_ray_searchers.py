@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import ray
 
 from searchprune.cli import main
@@ -12,6 +13,7 @@ from searchprune.cli import main
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_amc_on_ray_actors_finds_what_it_finds_locally(tmp_path: Path) -> None:
     config = str(REPO / "configs" / "amc_digits-cnn.yaml")
     small = ["--set", "run.max_evals=48", "--set", "searcher.warmup=16"]

@@ -72,7 +72,6 @@ class AMCSearch(Searcher):
     """AMC-style reinforcement learning over the ``layer-ratios`` space; see the module
     docstring."""
 
-    name = "amc"
     description = "AMC: DDPG/TD3/SAC agent picks per-layer ratios (stable-baselines3)"
     space_kinds = frozenset({"real"})
     Params: ClassVar[type[SearcherParams]] = AMCParams

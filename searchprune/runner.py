@@ -149,7 +149,7 @@ def search_loop(
         total=run.max_evals,
         initial=state.evals,
         disable=not run.progress,
-        desc=f"{searcher.name}",
+        desc=config.method_name,
         unit="eval",
         dynamic_ncols=True,
     )

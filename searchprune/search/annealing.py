@@ -85,7 +85,6 @@ class SAParams(SearcherParams):
 class SimulatedAnnealing(RoundSearcher):
     """Parallel-neighbour simulated annealing; see the module docstring."""
 
-    name = "sa"
     Params = SAParams
     params: SAParams
 

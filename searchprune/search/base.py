@@ -58,7 +58,6 @@ class Searcher(ABC):
     - ``multi_objective``: whether :meth:`front` returns a Pareto front.
     """
 
-    name: ClassVar[str]
     description: ClassVar[str] = ""
     Params: ClassVar[type[SearcherParams]] = SearcherParams
     budget_mode: ClassVar[BudgetMode] = "exact"

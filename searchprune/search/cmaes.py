@@ -30,7 +30,6 @@ class CMAESSearch(RoundSearcher):
     """CMA-ES in ask/tell form, one generation per round; see the module docstring. The
     strategy is told the genomes it sampled (not their repaired versions)."""
 
-    name = "cmaes"
     Params = CMAESParams
     params: CMAESParams
     space_kinds = frozenset({"real"})

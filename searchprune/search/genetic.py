@@ -86,7 +86,6 @@ class GeneticSearch(Searcher):
     (:meth:`_select_parents`) and survival (:meth:`_next_population`).
     """
 
-    name = "ga"
     Params: ClassVar[type[SearcherParams]] = GAParams
     params: GAParams
     weights: ClassVar[Values] = (1.0,)

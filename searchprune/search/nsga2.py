@@ -36,7 +36,6 @@ class NSGA2Params(VariationParams):
 class NSGA2Search(GeneticSearch):
     """NSGA-II over the same genomes and operators as the GA; see the module docstring."""
 
-    name = "nsga2"
     Params: ClassVar[type[SearcherParams]] = NSGA2Params
     params: NSGA2Params  # type: ignore[assignment]
     weights: ClassVar[Values] = (1.0, -1.0)

@@ -73,7 +73,6 @@ class ParticleSwarmSearch(RoundSearcher):
     """Synchronous PSO (the swarm moves once every particle is scored); see the module
     docstring."""
 
-    name = "pso"
     Params = PSOParams
     params: PSOParams
 

@@ -13,7 +13,6 @@ class RandomSearch(Searcher):
     """Uniform random genomes, the baseline every searcher must beat (Bergstra & Bengio 2012
     showed random search is a strong baseline for hyper-parameter search)."""
 
-    name = "random"
 
     def ask(self, n: int) -> np.ndarray:
         return self.space.sample(self.rng, n)

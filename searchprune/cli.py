@@ -70,11 +70,14 @@ def _list(args: argparse.Namespace) -> int:
     from searchprune.space import SPACES
     from searchprune.tasks import TASKS
 
-    trains = " [training-time]"
+    methods = [
+        (e.name, e.description + (" [training-time]" if METHODS.get(e.name).trains else ""))
+        for e in METHODS
+    ]
     sections: list[tuple[str, list[tuple[str, str]]]] = [
         ("tasks", [(e.name, e.description) for e in TASKS]),
         ("searchers", [(e.name, e.description) for e in SEARCHERS]),
-        ("methods", [(e.name, e.description + trains * e.value.trains) for e in METHODS]),
+        ("methods", methods),
         ("spaces", [(e.name, e.description) for e in SPACES]),
         ("criteria", [(e.name, e.description) for e in CRITERIA]),
         ("fitness functions", [(e.name, e.description) for e in FITNESSES]),

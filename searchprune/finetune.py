@@ -8,16 +8,14 @@ the "fine-tune" stage trains the surviving weights to recover the accuracy pruni
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from searchprune.core.masks import MaskSet
-from searchprune.tasks.base import Batch, LossFn, Split
-from searchprune.tasks.train import batch_indices
+from searchprune.tasks.base import LossFn, Split
+from searchprune.tasks.train import train_loop
 
 
 def _removed_masks(model: nn.Module, masks: MaskSet) -> list[tuple[nn.Parameter, Tensor]]:
@@ -46,40 +44,11 @@ def _removed_masks(model: nn.Module, masks: MaskSet) -> list[tuple[nn.Parameter,
     return removed
 
 
-@contextmanager
-def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global RNG of the CPU and, for a CUDA ``device``, of that GPU (what
-    dropout draws from), and restore the caller's states on exit."""
-    gpus = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=gpus, device_type="cuda"):
-        torch.default_generator.manual_seed(seed)
-        for gpu in gpus:
-            with torch.cuda.device(gpu):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
-def _batches(
-    train: Split, epochs: int, batch_size: int, seed: int, device: torch.device
-) -> Iterator[Batch]:
-    """``epochs`` passes over ``train`` as ``(inputs, targets)`` on ``device``.
-
-    A tensor split is reshuffled every epoch by a generator seeded with ``seed``, in
-    minibatches of ``batch_size`` (the incomplete last one dropped); any other split is
-    iterated as it is, one pass per epoch.
-    """
-    if train.tensors is None:
-        for _ in range(epochs):
-            for inputs, targets in train:
-                yield inputs.to(device), targets.to(device)
-        return
-    inputs, targets = (tensor.to(device) for tensor in train.tensors)
-    if len(inputs) == 0:
-        raise ValueError("cannot fine-tune on an empty split")
-    steps = epochs * max(len(inputs) // batch_size, 1)
-    generator = torch.Generator().manual_seed(seed)
-    for index in batch_indices(len(inputs), steps, batch_size, generator).to(device):
-        yield inputs[index], targets[index]
+@torch.no_grad()
+def zero_removed(removed: list[tuple[nn.Parameter, Tensor]]) -> None:
+    """Set the removed entries of each parameter to zero, in place."""
+    for parameter, dropped in removed:
+        parameter.masked_fill_(dropped, 0.0)
 
 
 def finetune(
@@ -122,23 +91,24 @@ def finetune(
         )
     tuned = copy.deepcopy(model)
     removed = _removed_masks(tuned, masks)
-    with torch.no_grad():
-        for parameter, dropped in removed:
-            parameter.masked_fill_(dropped, 0.0)
+    zero_removed(removed)
     if epochs == 0:
         return tuned.eval()
-    device = next(tuned.parameters()).device
-    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr, weight_decay=weight_decay)
-    tuned.train()
-    with _seeded_rng(seed, device):
-        for inputs, targets in _batches(train, epochs, batch_size, seed, device):
-            optimizer.zero_grad(set_to_none=True)
-            loss(tuned(inputs), targets).backward()
-            with torch.no_grad():
-                for parameter, dropped in removed:
-                    if parameter.grad is not None:
-                        parameter.grad.masked_fill_(dropped, 0.0)
-                optimizer.step()
-                for parameter, dropped in removed:
-                    parameter.masked_fill_(dropped, 0.0)
-    return tuned.eval()
+
+    def zero_removed_grads(step: int) -> None:
+        for parameter, dropped in removed:
+            if parameter.grad is not None:
+                parameter.grad.masked_fill_(dropped, 0.0)
+
+    return train_loop(
+        tuned,
+        train,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        weight_decay=weight_decay,
+        loss=loss,
+        before_update=zero_removed_grads,
+        after_step=lambda step: zero_removed(removed),
+    )

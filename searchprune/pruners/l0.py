@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -23,14 +23,9 @@ from searchprune.core.budget import Budget
 from searchprune.core.masks import apply_masks
 from searchprune.core.units import CostModel, Unit
 from searchprune.problem import Problem
+from searchprune.pruners.base import METHODS, MethodResult
 from searchprune.pruners.oneshot import global_masks_from_scores
-from searchprune.pruners.training import (
-    TRAINING_METHODS,
-    TrainedPruning,
-    TrainingMethod,
-    TrainingParams,
-    trained_copy,
-)
+from searchprune.pruners.training import TrainingMethod, TrainingParams, trained_copy
 
 TEMPERATURE = 2.0 / 3.0
 STRETCH = (-0.1, 1.1)
@@ -168,7 +163,7 @@ def fold_gates(model: nn.Module, units: list[Unit], gates: Tensor | list[Tensor]
 
 def unit_scores(problem: Problem, per_unit: list[Tensor]) -> dict[str, Tensor]:
     """Weight-shaped scores whose channel scores (summed over a unit's layers by
-    :func:`~searchprune.pruners.criteria.channel_scores`) equal ``per_unit``."""
+    :func:`~searchprune.criteria.base.channel_scores`) equal ``per_unit``."""
     shapes = {layer.name: layer.weight_shape for layer in problem.layers if layer.prunable}
     scores = {name: torch.ones(shape) for name, shape in shapes.items()}
     for unit, values in zip(problem.cost.units, per_unit, strict=True):
@@ -198,7 +193,7 @@ class BarParams(TrainingParams):
     records: int = Field(10, ge=2, description="expected-cost samples kept in info")
 
 
-@TRAINING_METHODS.register(
+@METHODS.register(
     "l0-bar",
     "hard-concrete channel gates under a budget-aware barrier (Lemaire et al. 2019)",
 )
@@ -216,11 +211,10 @@ class L0Bar(TrainingMethod):
     ``info["expected_cost"]`` and ``info["budget_schedule"]`` trace ``V`` and ``b_t``.
     """
 
-    name: ClassVar[str] = "l0-bar"
     Params = BarParams
     params: BarParams
 
-    def run(self, problem: Problem) -> TrainedPruning:
+    def run(self, problem: Problem) -> MethodResult:
         if problem.granularity != "channel":
             raise ValueError(
                 "l0-bar prunes channels: set space.granularity to 'channel' "
@@ -242,15 +236,14 @@ class L0Bar(TrainingMethod):
                 trace["budget_schedule"].append(b)
             return p.strength * volume * bar_barrier(volume, p.comfort * target, b)
 
-        with torch.random.fork_rng(devices=[]), attached_gates(model, units, gates):
-            torch.manual_seed(self.seed)
+        with attached_gates(model, units, gates):
             self.train(problem, model, penalty=penalty)
         with torch.no_grad():
             fold_gates(model, units, [hard_concrete_deterministic(a) for a in gates.log_alphas()])
             active = [hard_concrete_active(a) for a in gates.log_alphas()]
         masks = global_masks_from_scores(problem, unit_scores(problem, active))
         apply_masks(model, masks)
-        return TrainedPruning(model, masks, {"steps": total, **trace})
+        return MethodResult(masks, model, {"steps": total, **trace})
 
 
 def group_norms(weight: Tensor) -> Tensor:
@@ -273,7 +266,7 @@ class GroupLassoParams(TrainingParams):
     strength: float = Field(1e-3, ge=0.0, description="λ of the group-lasso penalty")
 
 
-@TRAINING_METHODS.register(
+@METHODS.register(
     "group-lasso",
     "filter-wise group lasso while fine-tuning, then smallest groups pruned (Wen et al. 2016)",
 )
@@ -283,7 +276,6 @@ class GroupLasso(TrainingMethod):
     layer, then remove the groups of smallest norm at the budget (every weight scored by
     its group's norm)."""
 
-    name: ClassVar[str] = "group-lasso"
     Params = GroupLassoParams
     params: GroupLassoParams
 
@@ -298,7 +290,7 @@ class GroupLasso(TrainingMethod):
 
         return self.train(problem, model, penalty=penalty)
 
-    def run(self, problem: Problem) -> TrainedPruning:
+    def run(self, problem: Problem) -> MethodResult:
         model = self.fit(problem)
         weights = prunable_weights(problem, model)
         norms = {name: group_norms(w.detach()).float().cpu() for name, w in weights.items()}
@@ -311,4 +303,4 @@ class GroupLasso(TrainingMethod):
             "min_group_norm": float(every.min()),
             "mean_group_norm": float(every.mean()),
         }
-        return TrainedPruning(model, masks, info)
+        return MethodResult(masks, model, info)

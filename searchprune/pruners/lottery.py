@@ -22,10 +22,9 @@ from torch import Tensor, nn
 from searchprune.core.budget import Budget
 from searchprune.core.masks import MaskSet, apply_masks
 from searchprune.problem import Problem
+from searchprune.pruners.base import METHODS, MethodResult
 from searchprune.pruners.oneshot import global_masks_from_scores
 from searchprune.pruners.training import (
-    TRAINING_METHODS,
-    TrainedPruning,
     TrainingMethod,
     TrainingParams,
     magnitude_scores,
@@ -33,7 +32,6 @@ from searchprune.pruners.training import (
     trained_copy,
 )
 from searchprune.tasks.base import score_model
-from searchprune.tasks.train import train_loop
 
 State = dict[str, Tensor]
 
@@ -76,7 +74,7 @@ class LotteryParams(TrainingParams):
         return self
 
 
-@TRAINING_METHODS.register(
+@METHODS.register(
     "lottery",
     "iterative magnitude pruning with weight rewinding (Frankle & Carbin 2019; Frankle et al. "
     "2019)",
@@ -92,43 +90,42 @@ class Lottery(TrainingMethod):
     ``epochs - k`` epochs with the mask held fixed: ``f(x; m ⊙ θ)``.
     """
 
-    name = "lottery"
     Params = LotteryParams
     params: LotteryParams
 
-    def run(self, problem: Problem) -> TrainedPruning:
-        model = reinitialize(trained_copy(problem), self.seed)
-        point, total = self.dense_run(problem, model)
+    def run(self, problem: Problem) -> MethodResult:
+        p, model = self.params, reinitialize(trained_copy(problem), self.seed)
+        point = self.dense_run(problem, model)
         history = [{"round": 0, **self.round_info(problem, model, problem.dense())}]
         masks: MaskSet | None = None
-        for round_ in range(1, self.params.rounds + 1):
-            budget = geometric_budget(problem.budget, round_ / self.params.rounds)
+        for round_ in range(1, p.rounds + 1):
+            budget = geometric_budget(problem.budget, round_ / p.rounds)
             masks = global_masks_from_scores(
                 problem, surviving_scores(problem, model, masks), budget
             )
             self.rewind(model, point, masks, round_)
-            self.retrain(problem, model, masks, total - self.rewind_step(problem))
+            self.retrain(problem, model, masks, p.epochs - p.rewind_epochs)
             history.append({"round": round_, **self.round_info(problem, model, masks)})
         assert masks is not None
-        return TrainedPruning(
-            model, masks, {"rounds": history, "rewind_step": self.rewind_step(problem)}
+        return MethodResult(
+            masks, model, {"rounds": history, "rewind_step": self.rewind_step(problem)}
         )
 
     def rewind_step(self, problem: Problem) -> int:
         """The optimizer step ``k`` whose weights ``θ_k`` the survivors are reset to."""
         return self.params.rewind_epochs * (self.steps(problem) // self.params.epochs)
 
-    def dense_run(self, problem: Problem, model: nn.Module) -> tuple[State, int]:
-        """Train ``model`` densely for ``epochs``; return ``θ_k`` and the step count."""
+    def dense_run(self, problem: Problem, model: nn.Module) -> State:
+        """Train ``model`` densely for ``epochs``; return ``θ_k``, its weights after
+        ``k = rewind_epochs`` epochs."""
         point = copy.deepcopy(model.state_dict())
-        rewind = self.rewind_step(problem)
 
-        def snapshot(step: int) -> None:
-            if step + 1 == rewind:
+        def snapshot(epoch: int) -> None:
+            if epoch + 1 == self.params.rewind_epochs:
                 point.update(copy.deepcopy(model.state_dict()))
 
-        self.train(problem, model, after_step=snapshot)
-        return point, self.steps(problem)
+        self.train(problem, model, after_epoch=snapshot)
+        return point
 
     def rewind(self, model: nn.Module, point: State, masks: MaskSet, round_: int) -> None:
         """Reset the survivors of ``masks`` to ``point`` (``reinit``: to a new random
@@ -139,20 +136,10 @@ class Lottery(TrainingMethod):
             model.load_state_dict(point)
         apply_masks(model, masks)
 
-    def retrain(self, problem: Problem, model: nn.Module, masks: MaskSet, steps: int) -> None:
-        """Train ``steps`` optimizer steps, re-applying ``masks`` after every step."""
-        p = self.params
-        train_loop(
-            model,
-            problem.train,
-            steps=steps,
-            lr=p.lr,
-            batch_size=p.batch_size,
-            seed=self.seed,
-            weight_decay=p.weight_decay,
-            loss=problem.task.loss,
-            after_step=lambda _: apply_masks(model, masks),
-        )
+    def retrain(self, problem: Problem, model: nn.Module, masks: MaskSet, epochs: int) -> None:
+        """Train ``epochs`` passes over the train split, re-applying ``masks`` after every
+        optimizer step (the minibatch order restarts from the method's seed)."""
+        self.train(problem, model, epochs, after_step=lambda _: apply_masks(model, masks))
 
     def round_info(self, problem: Problem, model: nn.Module, masks: MaskSet) -> dict[str, Any]:
         """What the report shows for one round: val accuracy and exact sparsity."""

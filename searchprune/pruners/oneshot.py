@@ -1,18 +1,16 @@
 """One-shot baselines: masks computed in one step from a criterion, at the run's budget.
 
-Every criterion ``c`` of :data:`~searchprune.pruners.criteria.CRITERIA` gives two
-methods: ``c-global`` removes the lowest-scored weights (or channels) of the whole
-network until the budget is met, one threshold for all layers (Han et al. 2015 for
-magnitude; Lee et al. 2019 for SNIP); ``c-layer`` removes the same fraction of every
-layer (or channel group). Each maps a :class:`~searchprune.problem.Problem` to a
-:class:`MaskSet` that meets its budget, scored by the same fitness as every searched
-candidate.
+Every criterion ``c`` of :data:`~searchprune.criteria.base.CRITERIA` gives two methods:
+``c-global`` removes the lowest-scored weights (or channels) of the whole network until
+the budget is met, one threshold for all layers (Han et al. 2015 for magnitude; Lee et
+al. 2019 for SNIP); ``c-layer`` removes the same fraction of every layer (or channel
+group). Each is a :class:`OneShot` method that takes no settings and returns masks that
+meet the problem's budget, scored by the same fitness as every searched candidate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
+from typing import ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -20,13 +18,12 @@ from torch import Tensor
 
 from searchprune.core.budget import Budget
 from searchprune.core.masks import MaskSet
+from searchprune.criteria import CRITERIA, channel_scores
 from searchprune.problem import Problem
-from searchprune.pruners.criteria import CRITERIA, channel_scores
-from searchprune.registry import Registry
+from searchprune.pruners.base import METHODS, Method, MethodResult
 from searchprune.space import LayerRatioSpace
 
-Method = Callable[[Problem], MaskSet]
-METHODS: Registry[Method] = Registry("method", "method")
+Scope = Literal["global", "layer"]
 
 
 def criterion_scores(problem: Problem, criterion: str) -> dict[str, Tensor]:
@@ -82,25 +79,42 @@ def layer_masks_from_scores(
     """The same fraction of every unit removed, lowest ``scores`` first, at ``budget``
     (default: the problem's)."""
     space = LayerRatioSpace(problem.cost, budget or problem.budget, scores, max_ratio=1.0)
-    removed = space.repairer.removed_counts(np.full((1, space.dim), 0.5), exact=True)
+    removed = space.repairer.removed_counts(np.full((1, space.dim), 0.5))
     return space.decode(removed[0] / problem.cost.sizes)
 
 
+class OneShot(Method):
+    """Masks from :attr:`criterion`'s scores at the budget, in one step: one threshold
+    across the network (``scope = "global"``) or the same fraction of every unit
+    (``"layer"``). Subclasses, one per criterion and scope, are made by :func:`one_shot`."""
+
+    criterion: ClassVar[str]
+    scope: ClassVar[Scope]
+
+    def run(self, problem: Problem) -> MethodResult:
+        prune = global_masks if self.scope == "global" else layer_masks
+        return MethodResult(prune(problem, self.criterion))
+
+
+def one_shot(criterion: str, scope: Scope) -> type[OneShot]:
+    """The :class:`OneShot` method of ``criterion`` and ``scope``."""
+    attributes = {"criterion": criterion, "scope": scope, "__module__": __name__}
+    return cast(type[OneShot], type(f"OneShot[{criterion}-{scope}]", (OneShot,), attributes))
+
+
 def register_one_shot_methods() -> None:
-    """Register ``<criterion>-global`` and ``<criterion>-layer`` for every criterion."""
+    """Register ``<criterion>-global`` and ``<criterion>-layer`` for every criterion
+    (those registered already are left as they are)."""
     for entry in CRITERIA:
         if f"{entry.name}-global" in METHODS:
             continue
         METHODS.add(
             f"{entry.name}-global",
-            partial(global_masks, criterion=entry.name),
+            one_shot(entry.name, "global"),
             f"one global threshold on {entry.name} scores across layers",
         )
         METHODS.add(
             f"{entry.name}-layer",
-            partial(layer_masks, criterion=entry.name),
+            one_shot(entry.name, "layer"),
             f"the same fraction of every layer, lowest {entry.name} scores first",
         )
-
-
-register_one_shot_methods()

@@ -32,10 +32,9 @@ from torch.nn.utils import parametrize
 
 from searchprune.core.masks import apply_masks
 from searchprune.problem import Problem
+from searchprune.pruners.base import METHODS, MethodResult
 from searchprune.pruners.oneshot import global_masks_from_scores
 from searchprune.pruners.training import (
-    TRAINING_METHODS,
-    TrainedPruning,
     TrainingMethod,
     TrainingParams,
     magnitude_scores,
@@ -117,7 +116,7 @@ class TargetedDropoutParams(WeightDropoutParams):
     ramp: bool = Field(False, description="ramp gamma linearly from 0 over training")
 
 
-@TRAINING_METHODS.register(
+@METHODS.register(
     "weight-dropout",
     "standard (untargeted) weight/unit dropout while training, then magnitude pruning",
 )
@@ -127,7 +126,6 @@ class WeightDropout(TrainingMethod):
     globally lowest-``|w|`` weights are removed at the budget. The baseline that
     targeted dropout is compared with."""
 
-    name = "weight-dropout"
     Params = WeightDropoutParams
     params: WeightDropoutParams
     rescale: ClassVar[bool] = True
@@ -136,14 +134,14 @@ class WeightDropout(TrainingMethod):
         """``γ`` at ``progress`` in [0, 1] of training: every weight is a candidate."""
         return 1.0
 
-    def run(self, problem: Problem) -> TrainedPruning:
+    def run(self, problem: Problem) -> MethodResult:
         model = trained_copy(problem)
         if self.params.from_scratch:
             reinitialize(model, self.seed)
         self.fit(problem, model)
         masks = global_masks_from_scores(problem, magnitude_scores(problem, model))
         apply_masks(model, masks)
-        return TrainedPruning(model, masks, {"steps": self.steps(problem)})
+        return MethodResult(masks, model, {"steps": self.steps(problem)})
 
     def fit(self, problem: Problem, model: nn.Module) -> nn.Module:
         """Train ``model`` in place with dropout on the problem's prunable layers (drawn
@@ -161,7 +159,7 @@ class WeightDropout(TrainingMethod):
         return model
 
 
-@TRAINING_METHODS.register(
+@METHODS.register(
     "targeted-dropout",
     "dropout on the lowest-magnitude weights/units, then magnitude pruning (Gomez et al. 2019)",
 )
@@ -172,7 +170,6 @@ class TargetedDropout(WeightDropout):
     Then the globally lowest-``|w|`` weights (channels, at channel granularity) are
     removed at the budget."""
 
-    name = "targeted-dropout"
     Params = TargetedDropoutParams
     params: TargetedDropoutParams
     rescale = False

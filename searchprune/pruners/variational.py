@@ -22,8 +22,6 @@ the ones the paper removes; here the masks at the problem's budget keep the lowe
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -31,12 +29,12 @@ from torch.nn import functional as F
 
 from searchprune.core.masks import apply_masks
 from searchprune.problem import Problem
+from searchprune.pruners.base import METHODS, MethodResult
 from searchprune.pruners.oneshot import global_masks_from_scores
 from searchprune.pruners.training import (
-    TRAINING_METHODS,
-    TrainedPruning,
     TrainingMethod,
     TrainingParams,
+    reinitialize,
     trained_copy,
 )
 
@@ -129,7 +127,7 @@ class SparseVDParams(TrainingParams):
     pretrained: bool = Field(True, description="fine-tune the trained model (else re-initialize)")
 
 
-@TRAINING_METHODS.register(
+@METHODS.register(
     "sparse-vd",
     "sparse variational dropout: per-weight dropout rates learned by the ELBO "
     "(Molchanov et al. 2017)",
@@ -143,7 +141,6 @@ class SparseVD(TrainingMethod):
     over kept ones) of the paper's ``log α > threshold`` rule, and the final KL per sample.
     """
 
-    name: ClassVar[str] = "sparse-vd"
     Params = SparseVDParams
     params: SparseVDParams
 
@@ -154,27 +151,22 @@ class SparseVD(TrainingMethod):
         names = [layer.name for layer in problem.layers if layer.prunable]
         warm = max(p.warmup * self.steps(problem), 1.0)
         samples = len(problem.task.split("train"))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            if not p.pretrained:
-                for module in model.modules():
-                    reset = getattr(module, "reset_parameters", None)
-                    if callable(reset):
-                        reset()
-            wrapped = wrap_variational(model, names, p.init_log_sigma2)
+        if not p.pretrained:
+            reinitialize(model, self.seed)
+        wrapped = wrap_variational(model, names, p.init_log_sigma2)
 
-            def kl() -> Tensor:
-                terms = [kl_divergence(w.log_alpha()).sum() for w in wrapped.values()]
-                return torch.stack(terms).sum() / samples
+        def kl() -> Tensor:
+            terms = [kl_divergence(w.log_alpha()).sum() for w in wrapped.values()]
+            return torch.stack(terms).sum() / samples
 
-            self.train(problem, model, penalty=lambda step: min(step / warm, 1.0) * kl())
+        self.train(problem, model, penalty=lambda step: min(step / warm, 1.0) * kl())
         with torch.no_grad():
             alphas = {name: w.log_alpha().float().cpu().contiguous() for name, w in wrapped.items()}
             final_kl = float(kl())
         unwrap_variational(model, wrapped)
         return model, alphas, final_kl
 
-    def run(self, problem: Problem) -> TrainedPruning:
+    def run(self, problem: Problem) -> MethodResult:
         model, alphas, final_kl = self.fit(problem)
         masks = global_masks_from_scores(problem, {name: -a for name, a in alphas.items()})
         apply_masks(model, masks)
@@ -187,4 +179,4 @@ class SparseVD(TrainingMethod):
             "threshold_compression": total / max(kept, 1),
             "kl_per_sample": final_kl,
         }
-        return TrainedPruning(model, masks, info)
+        return MethodResult(masks, model, info)

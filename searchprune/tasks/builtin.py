@@ -25,7 +25,7 @@ from searchprune.registry import UnknownNameError, unknown_name_message
 from searchprune.tasks.base import TASKS, Task
 from searchprune.tasks.data import Splits, load_digits_splits, load_mnist1d_splits
 from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet, Mnist1dCNN, Mnist1dMLP
-from searchprune.tasks.train import train_model
+from searchprune.tasks.train import train_loop
 
 CACHE_ENV_VAR = "SEARCHPRUNE_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/searchprune")
@@ -138,7 +138,7 @@ def _train_single_threaded(model: nn.Module, spec: TaskSpec, splits: Splits, see
     torch.set_num_threads(1)
     start = time.perf_counter()
     try:
-        train_model(
+        train_loop(
             model,
             splits["train"],
             steps=spec.steps,

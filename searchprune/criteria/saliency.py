@@ -1,5 +1,6 @@
-"""Saliency criteria from the pruning literature, registered into
-:data:`~searchprune.pruners.criteria.CRITERIA`.
+"""Gradient saliency criteria from the pruning literature (SNIP, GraSP, Taylor, Fisher,
+OBD, SynFlow), registered into :data:`~searchprune.criteria.base.CRITERIA` when
+:mod:`searchprune.criteria` is imported.
 
 Every criterion maps ``(model, layers, task)`` to one non-negative, finite float32 CPU
 tensor per layer, of the layer's weight shape, higher meaning *keep*. The data-driven
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from searchprune.core.layers import LayerInfo
-from searchprune.pruners.criteria import CRITERIA
+from searchprune.criteria.base import CRITERIA, Scores, layer_scores
 from searchprune.tasks.base import Batch, LossFn, Task
 
 SAMPLES = 512
@@ -35,15 +36,13 @@ SAMPLES = 512
 BATCH_SIZE = 64
 """Mini-batch size: Taylor sums per-mini-batch terms; the others only bound memory."""
 SEED = 0
-"""Seed of the random criterion and of OBD's Hutchinson probes."""
+"""Seed of OBD's Hutchinson probes."""
 OBD_PROBES = 8
 """Rademacher probes per mini-batch in OBD's Hutchinson estimate of ``diag(H)``."""
 SYNFLOW_ROUNDS = 100
 """Pruning rounds of SynFlow's iterative schedule (Tanaka et al. 2020 use 100)."""
 SYNFLOW_DENSITY = 0.1
 """Density SynFlow's schedule prunes down to: the ranking is that of pruning to it."""
-
-Scores = dict[str, Tensor]
 
 
 # --- shared helpers -----------------------------------------------------------------
@@ -129,27 +128,7 @@ def _hessian_products(
         yield list(torch.autograd.grad(dot, list(weights.values()), retain_graph=True))
 
 
-def _result(layers: list[LayerInfo], values: list[Tensor]) -> Scores:
-    """Plain contiguous float32 CPU tensors keyed by layer name."""
-    return {
-        layer.name: value.detach().float().contiguous().cpu()
-        for layer, value in zip(layers, values, strict=True)
-    }
-
-
 # --- criteria -----------------------------------------------------------------------
-
-
-@CRITERIA.register("random", "uniform random scores, seeded: a sanity baseline")
-def random_scores(model: nn.Module, layers: list[LayerInfo], task: Task) -> Scores:
-    """Uniform random scores ``U[0, 1)``, from a generator seeded with :data:`SEED`:
-    the same scores on every call, independent of the weights and of any data.
-
-    Random pruning is the sanity baseline every criterion must beat (e.g. Frankle et
-    al. 2021, "Pruning Neural Networks at Initialization: Why Are We Missing the Mark?").
-    """
-    generator = torch.Generator().manual_seed(SEED)
-    return {layer.name: torch.rand(layer.weight_shape, generator=generator) for layer in layers}
 
 
 @CRITERIA.register(
@@ -167,7 +146,7 @@ def snip(model: nn.Module, layers: list[LayerInfo], task: Task) -> Scores:
         weights = _weights(model, layers)
         grads = _loss_grads(model, weights, _train_batches(task, device), task.loss)
         values = [(g * w).abs() for g, w in zip(grads, weights.values(), strict=True)]
-    return _result(layers, values)
+    return layer_scores(layers, values)
 
 
 @CRITERIA.register(
@@ -198,7 +177,7 @@ def grasp(model: nn.Module, layers: list[LayerInfo], task: Task) -> Scores:
                 acc.add_(product, alpha=len(batch[1]) / total)
         values = [w.detach() * p for w, p in zip(weights.values(), hg, strict=True)]
         lowest = min(float(v.min()) for v in values)
-    return _result(layers, [v - lowest for v in values])
+    return layer_scores(layers, [v - lowest for v in values])
 
 
 @CRITERIA.register("taylor", "(g * w)^2 summed over train mini-batches (Molchanov et al. 2019)")
@@ -216,7 +195,7 @@ def taylor(model: nn.Module, layers: list[LayerInfo], task: Task) -> Scores:
             grads = _batch_grads(model, weights, batch, task.loss)
             for acc, g, w in zip(values, grads, weights.values(), strict=True):
                 acc.add_((g * w).square())
-    return _result(layers, values)
+    return layer_scores(layers, values)
 
 
 @CRITERIA.register("fisher", "1/2 F_ii w^2, empirical Fisher diagonal (Theis et al. 2018)")
@@ -246,7 +225,7 @@ def fisher(model: nn.Module, layers: list[LayerInfo], task: Task) -> Scores:
             for acc, g in zip(sums, grads.values(), strict=True):
                 acc.add_(g.square().sum(dim=0))
         values = [0.5 * s / total * w.square() for s, w in zip(sums, weights.values(), strict=True)]
-    return _result(layers, values)
+    return layer_scores(layers, values)
 
 
 @CRITERIA.register("obd", "1/2 h_ii w^2, Hutchinson Hessian diagonal (LeCun et al. 1990)")
@@ -280,7 +259,7 @@ def obd(model: nn.Module, layers: list[LayerInfo], task: Task) -> Scores:
             0.5 * h.clamp(min=0) * w.square()
             for h, w in zip(diagonal, weights.values(), strict=True)
         ]
-    return _result(layers, values)
+    return layer_scores(layers, values)
 
 
 def _rademacher(like: Tensor, generator: torch.Generator) -> Tensor:
@@ -336,7 +315,7 @@ def synflow(model: nn.Module, layers: list[LayerInfo], task: Task) -> Scores:
         order.append(alive_by_score())
         ranks = torch.empty(len(keep), dtype=torch.float64, device=device)
         ranks[torch.cat(order)] = torch.arange(len(keep), dtype=torch.float64, device=device)
-    return _result(
+    return layer_scores(
         layers,
         [r.view(layer.weight_shape) for r, layer in zip(ranks.split(sizes), layers, strict=True)],
     )
@@ -370,20 +349,3 @@ def _flow_scores(
     flow = functional_call(model, params, (ones,)).sum()
     grads = torch.autograd.grad(flow, masked)
     return torch.cat([(g * w).abs().reshape(-1) for g, w in zip(grads, masked, strict=True)])
-
-
-@CRITERIA.register("l1-filter", "L1 norm of each weight's filter (Li et al. 2017)")
-def l1_filter(model: nn.Module, layers: list[LayerInfo], task: Task) -> Scores:
-    """Filter L1 norm (Li et al. 2017, "Pruning Filters for Efficient ConvNets"): every
-    weight of output channel ``j`` (a conv filter, or a Linear layer's row) scores
-    ``s_j = Σ |F_j|``, the sum of the filter's absolute weights. Channel granularity
-    (:func:`~searchprune.pruners.criteria.channel_scores`, a per-channel mean) then ranks
-    filters by L1 norm, and weight granularity removes whole filters together.
-    """
-    modules = dict(model.named_modules())
-    values = []
-    for layer in layers:
-        weight = modules[layer.name].weight.detach()
-        norms = weight.abs().reshape(weight.shape[0], -1).sum(dim=1)
-        values.append(norms.view(-1, *[1] * (weight.dim() - 1)).expand(weight.shape))
-    return _result(layers, values)

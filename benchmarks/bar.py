@@ -22,8 +22,8 @@ import torch
 from searchprune.core.budget import Budget
 from searchprune.finetune import finetune
 from searchprune.problem import Problem
+from searchprune.pruners import make_method
 from searchprune.pruners.l0 import BarParams, L0Bar
-from searchprune.pruners.oneshot import METHODS
 from searchprune.tasks.base import score_model
 from searchprune.tasks.builtin import load_builtin_task
 
@@ -34,7 +34,7 @@ def compare(task_name: str, flops: float, epochs: int, seed: int) -> dict[str, t
     test = task.split("test")
     problem = Problem(task, budget=Budget("flops", flops), granularity="channel", bn_samples=0)
     bar = L0Bar(BarParams(epochs=epochs), seed).run(problem)
-    uniform = METHODS.get("magnitude-layer")(problem)
+    uniform = make_method("magnitude-layer").run(problem).masks
     kept = problem.exact_stats(uniform)["flops_fraction"]
     oneshot = finetune(problem.model, uniform, problem.train, epochs=0)
     tuned = finetune(problem.model, uniform, problem.train, epochs=epochs, seed=seed)

@@ -22,10 +22,10 @@ import matplotlib.pyplot as plt
 import torch
 
 from searchprune.core.budget import Budget
+from searchprune.criteria import saliency
 from searchprune.finetune import finetune
 from searchprune.problem import Problem
-from searchprune.pruners import saliency
-from searchprune.pruners.oneshot import METHODS
+from searchprune.pruners import make_method
 from searchprune.report import save_figure
 from searchprune.tasks.base import Task, score_model
 from searchprune.tasks.builtin import load_builtin_task
@@ -57,7 +57,7 @@ def run(task_name: str, epochs: int) -> dict[str, list[tuple[float, bool]]]:
             bn_samples=0,
         )
         for name in CRITERIA:
-            masks = METHODS.get(f"{name}-global")(problem)
+            masks = make_method(f"{name}-global").run(problem).masks
             collapsed = any(float(mask.float().sum()) == 0 for mask in masks.weights.values())
             trained = finetune(problem.model, masks, problem.train, epochs=epochs, seed=0)
             accuracy = score_model(trained, task.split("test")).accuracy

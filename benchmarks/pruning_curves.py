@@ -23,7 +23,7 @@ import torch
 
 from searchprune.core.budget import Budget
 from searchprune.problem import Problem
-from searchprune.pruners.oneshot import METHODS
+from searchprune.pruners import make_method
 from searchprune.report import save_figure
 from searchprune.tasks.base import score_model
 from searchprune.tasks.builtin import load_builtin_task
@@ -50,7 +50,7 @@ def curve(task_name: str, granularity: str, method: str) -> list[float]:
             exclude_output=True,
             max_ratio=1.0,
         )
-        with problem.masked(METHODS.get(method)(problem)) as model:
+        with problem.masked(make_method(method).run(problem).masks) as model:
             accuracies.append(score_model(model, test).accuracy)
     return accuracies
 

@@ -12,7 +12,7 @@ from searchprune.finetune import finetune
 from searchprune.tasks.base import Split, score_model
 from searchprune.tasks.data import load_digits_splits
 from searchprune.tasks.models import DigitsResNet
-from searchprune.tasks.train import train_model
+from searchprune.tasks.train import train_loop
 
 Digits = tuple[nn.Module, Split, Split]
 
@@ -24,7 +24,7 @@ def digits() -> Digits:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    train_model(model, splits["train"], steps=300, lr=1e-2, batch_size=64, seed=0)
+    train_loop(model, splits["train"], steps=300, lr=1e-2, batch_size=64, seed=0)
     return model, Split(splits["train"]), Split(splits["val"])
 
 
@@ -45,7 +45,7 @@ def _state(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _grads(model: nn.Module) -> dict[str, Tensor]:
-    """The gradients ``model`` holds (train_model leaves the last step's)."""
+    """The gradients ``model`` holds (train_loop leaves the last step's)."""
     return {
         name: parameter.grad.clone()
         for name, parameter in model.named_parameters()

@@ -1,4 +1,4 @@
-"""The saliency criteria of :mod:`searchprune.pruners.saliency`: shapes and contract,
+"""The criteria of :mod:`searchprune.criteria` beyond magnitude: shapes and contract,
 model state left untouched, values against independent computations, and use through
 the one-shot methods and the layer-ratios space."""
 
@@ -14,13 +14,13 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-import searchprune.pruners.saliency as saliency
+import searchprune.criteria.saliency as saliency
 from searchprune.core.budget import Budget
 from searchprune.core.layers import LayerInfo, discover_layers
 from searchprune.core.units import Unit
+from searchprune.criteria import CRITERIA, channel_scores
 from searchprune.problem import Problem
-from searchprune.pruners.criteria import CRITERIA, channel_scores
-from searchprune.pruners.oneshot import METHODS, register_one_shot_methods
+from searchprune.pruners import make_method
 from searchprune.tasks.base import Batch, Split, Task
 from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet
 
@@ -326,20 +326,18 @@ def test_criteria_are_deterministic_and_rank_unlike_magnitude(digits_mlp_task: T
 
 @pytest.mark.parametrize("name", NEW)
 def test_one_shot_methods_meet_the_budget(name: str, digits_mlp_task: Task) -> None:
-    register_one_shot_methods()
     problem = Problem(digits_mlp_task, budget=Budget("sparsity", 0.8), criterion=name)
     for kind in ("global", "layer"):
-        masks = METHODS.get(f"{name}-{kind}")(problem)
+        masks = make_method(f"{name}-{kind}").run(problem).masks
         assert problem.exact_stats(masks)["sparsity"] >= 0.8 - 1e-9
 
 
 @pytest.mark.parametrize("name", ["synflow", "grasp", "l1-filter"])
 def test_channel_pruning_with_batchnorm(name: str, digits_resnet_task: Task) -> None:
-    register_one_shot_methods()
     problem = Problem(
         digits_resnet_task, budget=Budget("flops", 0.6), granularity="channel", criterion=name
     )
-    stats = problem.exact_stats(METHODS.get(f"{name}-global")(problem))
+    stats = problem.exact_stats(make_method(f"{name}-global").run(problem).masks)
     assert problem.budget.met_by(stats[problem.budget.stat])
 
 

@@ -14,7 +14,7 @@ from searchprune.core.graph import build_dependency_graph
 from searchprune.core.layers import discover_layers
 from searchprune.core.stats import mask_stats
 from searchprune.core.units import CostModel
-from searchprune.pruners.criteria import magnitude
+from searchprune.criteria.weight_only import magnitude
 from searchprune.space import BinarySpace, BudgetError, LayerRatioSpace
 from searchprune.tasks.base import Task
 from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from searchprune.tasks import BUILTIN_TASKS, Split, Task, load_builtin_task, score_model
 from searchprune.tasks.data import load_digits_splits, load_mnist1d_splits
 from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet, Mnist1dCNN, Mnist1dMLP
-from searchprune.tasks.train import train_model
+from searchprune.tasks.train import train_loop
 
 MODELS: list[tuple[type[nn.Module], int]] = [
     (DigitsMLP, 64),
@@ -128,23 +128,17 @@ def test_model_parameter_counts() -> None:
     assert counts["Mnist1dCNN"] == 5_210
 
 
-def test_train_model_is_reproducible_and_leaves_eval_mode() -> None:
+def test_train_loop_is_reproducible_and_leaves_eval_mode() -> None:
     data = (torch.randn(64, 40), torch.randint(0, 10, (64,)))
 
     def trained() -> nn.Module:
         torch.manual_seed(0)
-        return train_model(Mnist1dMLP(), Split(data), steps=5, lr=1e-2, batch_size=16, seed=3)
+        return train_loop(Mnist1dMLP(), Split(data), steps=5, lr=1e-2, batch_size=16, seed=3)
 
     first, second = trained(), trained()
     assert not first.training
     for a, b in zip(first.parameters(), second.parameters(), strict=True):
         assert torch.equal(a, b)
-
-
-def test_train_model_rejects_a_dataloader_split() -> None:
-    batches = [(torch.randn(4, 40), torch.zeros(4, dtype=torch.int64))]
-    with pytest.raises(TypeError, match="tensor pair"):
-        train_model(Mnist1dMLP(), Split(batches), steps=1, lr=1e-3, batch_size=4, seed=0)
 
 
 def test_builtin_digits_mlp_is_accurate(digits_cache: Path) -> None:

@@ -12,13 +12,9 @@ import yaml
 from searchprune.cli import main
 from searchprune.core.budget import Budget
 from searchprune.problem import Problem
+from searchprune.pruners import METHODS
+from searchprune.pruners.gradual import GradualMagnitude, GradualParams, scaled_budget
 from searchprune.pruners.oneshot import global_masks
-from searchprune.pruners.training import (
-    TRAINING_METHODS,
-    GradualMagnitude,
-    GradualParams,
-    scaled_budget,
-)
 from searchprune.tasks.base import Task
 
 
@@ -61,7 +57,7 @@ def test_gradual_magnitude_meets_the_budget_and_recovers(digits_mlp_task: Task) 
 def test_method_configs_run_training_methods_and_name_bad_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert "gradual-magnitude" in TRAINING_METHODS
+    assert "gradual-magnitude" in METHODS
     data = {
         "task": "digits-mlp",
         "budget": {"sparsity": 0.8},

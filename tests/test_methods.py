@@ -11,13 +11,17 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch.utils.data import DataLoader, TensorDataset
 
 import searchprune
+from searchprune.config import ConfigError
 from searchprune.core.budget import Budget
 from searchprune.core.masks import MaskSet, apply_masks
 from searchprune.problem import Problem
-from searchprune.pruners import METHODS
+from searchprune.pruners import METHODS, Method, MethodResult
+from searchprune.pruners.oneshot import layer_masks_from_scores
+from searchprune.pruners.training import magnitude_scores
 from searchprune.tasks.base import Split, Task, score_model
 from searchprune.tasks.builtin import load_builtin_task
 from training_methods import make, states_equal, trained_model
@@ -142,3 +146,57 @@ def test_every_method_runs_on_dataloader_splits(name: str, tmp_path: Path) -> No
     assert isinstance(test, Split)
     assert score_model(model, test).accuracy == best["test_accuracy"]
     assert best["val_accuracy"] > 0.5
+
+
+# --- a method of one's own, named by import path -------------------------------------
+
+
+class ThirdOfEachLayer(Method):
+    """A user's method: a third of every layer's smallest weights, at most; reached from a
+    config as ``test_methods:ThirdOfEachLayer`` with its setting ``share``."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        share: float = 1 / 3
+
+    params: Params
+
+    def run(self, problem: Problem) -> MethodResult:
+        scores = magnitude_scores(problem, problem.model)
+        budget = Budget("sparsity", self.params.share)
+        return MethodResult(layer_masks_from_scores(problem, scores, budget), info={"mine": 1})
+
+
+def test_a_plugin_method_runs_from_a_config(tmp_path: Path) -> None:
+    config = {
+        "task": "digits-mlp",
+        "budget": {"sparsity": 0.3},
+        "method": {"name": "test_methods:ThirdOfEachLayer", "share": 0.5},
+        "baselines": ["magnitude-layer"],
+        "run": {"progress": False},
+    }
+    summary = searchprune.run(config, str(tmp_path / "a"), echo=lambda _: None)
+    assert summary["method"] == "test_methods:ThirdOfEachLayer"
+    assert summary["method_info"] == {"mine": 1}
+    assert summary["best"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert summary["baselines"]["magnitude-layer"]["sparsity"] == pytest.approx(0.3, abs=0.01)
+    assert not (tmp_path / "a" / "trained_model.pt").exists()  # no trained copy to keep
+
+
+def test_bad_method_names_and_settings_name_the_field(tmp_path: Path) -> None:
+    def error(**changes: Any) -> str:
+        config = {"task": "digits-mlp", "budget": {"sparsity": 0.5}, **changes}
+        with pytest.raises(ConfigError) as info:
+            searchprune.run(config, str(tmp_path / "x"), echo=lambda _: None)
+        return str(info.value)
+
+    assert "baselines: 'lottery' trains a copy of the model" in error(
+        method="magnitude-global", baselines=["lottery"]
+    )
+    message = error(method="magnitude-global", baselines=["magnitude-glob"])
+    assert "baselines: unknown method 'magnitude-glob'; did you mean 'magnitude-global'?" in message
+    assert "method.name: unknown method 'lotery'" in error(method="lotery")
+    assert "not a searchprune.pruners.Method subclass" in error(method="test_methods:loader_task")
+    assert "method.shares: unknown key" in error(
+        method={"name": "test_methods:ThirdOfEachLayer", "shares": 0.5}
+    )

@@ -1,6 +1,7 @@
 """What every training-time method promises: masks at the budget on a trained copy whose
 removed weights are zero, the same result for the same seed, the task's model untouched;
-and the same through a run on a Task whose splits are DataLoaders."""
+the same through a run on a Task whose splits are DataLoaders; and the one door for a
+method of one's own (``module:Class`` in a config) with errors that name the field."""
 
 from __future__ import annotations
 

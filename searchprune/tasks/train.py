@@ -108,9 +108,10 @@ def train_loop(
     """
     if (steps is None) == (epochs is None):
         raise ValueError("train_loop needs exactly one of steps and epochs")
-    if (steps or epochs or 0) < 1 or batch_size < 1:
+    length = steps or epochs or 0
+    if length < 1 or batch_size < 1:
         raise ValueError(
-            f"steps/epochs and batch_size must be positive, got {steps or epochs} and {batch_size}"
+            f"steps/epochs and batch_size must be positive, got {length} and {batch_size}"
         )
     split = _split(train)
     device = next(model.parameters()).device

@@ -2,7 +2,7 @@
 ``python -m searchprune.docgen`` from the repository root.
 
 Every key, its type, default and ``Field(description=...)`` comes from
-:mod:`searchprune.config`; each searcher's settings from its ``Params`` class. A test
+:mod:`searchprune.config`; each searcher's and method's settings from its ``Params`` class. A test
 fails when the committed page differs from :func:`render`.
 """
 
@@ -21,6 +21,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from searchprune.config import Config
+from searchprune.pruners import METHODS
+from searchprune.pruners.training import TrainingParams
+from searchprune.registry import Registry
 from searchprune.search import SEARCHERS, SearcherParams
 
 CONFIG_DOC = Path("docs") / "config.md"
@@ -126,22 +129,26 @@ def _section_model(field: FieldInfo) -> type[BaseModel] | None:
     return None
 
 
-def searcher_settings() -> str:
-    """Every registered searcher's own settings, from its ``Params`` class."""
-    common = frozenset(SearcherParams.model_fields)
-    parts = [
-        "## Searcher settings",
-        "",
-        "Keys of the `searcher` section besides `name`, from each searcher's `Params` class "
-        "(`searchprune/search/`; AMC's in `envs/`). Every searcher takes:",
-        "",
-        field_table(SearcherParams, "searcher."),
-    ]
-    for entry in SEARCHERS:
-        params = SEARCHERS.get(entry.name).Params
+def plugin_settings(
+    title: str, registry: Registry[Any], section: str, common: type[BaseModel], intro: str
+) -> str:
+    """Each registered plug-in's own settings (the keys of ``section`` besides ``name``),
+    from its ``Params`` class; ``common`` holds the settings many of them share."""
+    shared = frozenset(common.model_fields)
+    parts = [f"## {title}", "", intro, "", field_table(common, f"{section}.")]
+    bare = []
+    for entry in registry:
+        params = registry.get(entry.name).Params
+        if not params.model_fields:
+            bare.append(f"`{entry.name}`")
+            continue
         parts += ["", f"### `{entry.name}`", "", entry.description, ""]
-        own = set(params.model_fields) - common
-        parts.append(field_table(params, "searcher.", common) if own else "No settings of its own.")
+        if set(params.model_fields) - shared:
+            parts.append(field_table(params, f"{section}.", shared))
+        else:
+            parts.append("Only the common settings above.")
+    if bare:
+        parts += ["", f"These take no settings: {', '.join(bare)}."]
     return "\n".join(parts)
 
 
@@ -156,7 +163,27 @@ def render() -> str:
         if model.__doc__:
             parts += [inspect.cleandoc(model.__doc__).replace("``", "`"), ""]
         parts += [field_table(model, f"{name}."), ""]
-    parts += [searcher_settings(), ""]
+    parts += [
+        plugin_settings(
+            "Searcher settings",
+            SEARCHERS,
+            "searcher",
+            SearcherParams,
+            "Keys of the `searcher` section besides `name`, from each searcher's `Params` "
+            "class (`searchprune/search/`; AMC's in `envs/`). Every searcher takes:",
+        ),
+        "",
+        plugin_settings(
+            "Method settings",
+            METHODS,
+            "method",
+            TrainingParams,
+            "Keys of the `method` section besides `name`, from each method's `Params` class "
+            "(`searchprune/pruners/`; what each method does: docs/methods.md). Every "
+            "training-time method takes:",
+        ),
+        "",
+    ]
     return "\n".join(parts)
 
 

@@ -39,7 +39,8 @@ class TaskConfig(_Section):
     model_config = ConfigDict(extra="allow")
     name: str = Field(
         description="a built-in task (digits-mlp, digits-cnn, digits-resnet, mnist1d-mlp, "
-        'mnist1d-cnn; `searchprune list`) or "pkg.module:factory" returning a Task'
+        "mnist1d-cnn), torchvision or timm (a classifier of either library on images on "
+        'disk), or "pkg.module:factory" returning a Task; `searchprune list` names them'
     )
     seed: int = Field(
         0, description="seed the built-in model is trained with (and its val split drawn with)"

@@ -17,12 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from searchprune.core.budget import Budget
-from searchprune.core.graph import DependencyGraph, build_dependency_graph
+from searchprune.core.graph import NORM_TYPES, DependencyGraph, build_dependency_graph
 from searchprune.core.layers import LayerInfo, discover_layers
 from searchprune.core.masks import MaskApplier, MaskSet, parse_granularity
 from searchprune.core.stats import mask_stats
 from searchprune.core.units import CostModel
-from searchprune.criteria import CRITERIA
+from searchprune.criteria import CRITERIA, Criterion
 from searchprune.fitness import (
     FitnessContext,
     FitnessError,
@@ -34,7 +34,7 @@ from searchprune.latency import LatencyModel
 from searchprune.space import SPACES, Space, default_max_ratio
 from searchprune.tasks.base import Task
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_NORMS = NORM_TYPES  # every per-channel norm: masked with its channels, recalibrated
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Problem:
         fitness: str | FitnessFn = "accuracy",
         space: str = "layer-ratios",
         granularity: str = "weight",
-        criterion: str = "magnitude",
+        criterion: str | Criterion = "magnitude",
         min_ratio: float = 0.0,
         max_ratio: float | None = None,
         layer_bounds: Mapping[str, tuple[float, float]] | None = None,
@@ -94,7 +94,7 @@ class Problem:
         self.cost = CostModel(self.layers, self.graph, self.granularity)
         prunable = [layer for layer in self.layers if layer.prunable]
         self.criterion = criterion
-        self.weight_scores = CRITERIA.get(criterion)(self.model, prunable, self.task)
+        self.weight_scores = CRITERIA.resolve(criterion)(self.model, prunable, self.task)
         self.latency: LatencyModel | None = None
         if budget.kind == "latency_ms" or predict_latency:
             budget = self._latency_budget(budget, example, max_ratio, latency)

@@ -90,6 +90,11 @@ class Registry(Generic[T]):
             raise UnknownNameError(unknown_name_message(self.field, self.kind, name, self.names()))
         return self._load(self._entries[name])
 
+    def resolve(self, spec: str | T) -> T:
+        """:meth:`get` for a name or an import path; an object (a plug-in passed in
+        from Python) is returned as it is."""
+        return self.get(spec) if isinstance(spec, str) else spec
+
     def _load(self, entry: Entry[T]) -> T:
         if entry.value is None:
             entry.value = cast(T, import_object(entry.target, self.field))

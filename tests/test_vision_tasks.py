@@ -133,9 +133,10 @@ def test_searchprune_imports_without_torchvision_and_names_the_extra_when_it_is_
 def test_imagefolder_splits_are_stratified_disjoint_and_fixed_by_the_seed(folder: Path) -> None:
     task = _folder_task(folder, data={"num_workers": 1, "batch_size": 4})
     sizes = {name: len(task.split(name)) for name in ("train", "val", "test")}
-    assert sizes == {"train": 18, "val": 9, "test": 9}
+    # test: a quarter of each class; val: a quarter (rounded) of each class's other nine
+    assert sizes == {"train": 21, "val": 6, "test": 9}
     assert task.info["classes"] == list(CLASSES) and task.info["splits"] == sizes
-    for name, per_class in (("train", 6), ("val", 3), ("test", 3)):
+    for name, per_class in (("train", 7), ("val", 2), ("test", 3)):
         assert np.bincount(_targets(task.split(name))).tolist() == [per_class] * 3
     indices = {name: task.split(name)._iterable.dataset.indices for name in sizes}  # type: ignore[union-attr]
     assert len(set().union(*map(set, indices.values()))) == 3 * PER_CLASS
@@ -146,6 +147,7 @@ def test_imagefolder_splits_are_stratified_disjoint_and_fixed_by_the_seed(folder
     again, other = _folder_task(folder), _folder_task(folder, seed=1)
     assert again.val._iterable.dataset.indices == indices["val"]  # type: ignore[union-attr]
     assert other.val._iterable.dataset.indices != indices["val"]  # type: ignore[union-attr]
+    assert other.test._iterable.dataset.indices == indices["test"]  # type: ignore[union-attr]
     # the same seed gives the same random initialisation (export builds the task again)
     assert torch.equal(again.model.conv1.weight, task.model.conv1.weight)
 

@@ -10,7 +10,8 @@ Two layouts are read, both without downloading anything:
   test batch. Those batches are Python pickles, so only read files from a source you
   trust.
 
-Splits are class-stratified and drawn with a seed. Every loader iterates in a fixed
+Splits are class-stratified: val is drawn with the task's seed, a test split carved out
+of an ImageFolder is the same for every seed. Every loader iterates in a fixed
 order (no shuffling, no random augmentation): the search scores every candidate on the
 same val batches, and BatchNorm recalibration reads the same first train batches when a
 run is built again for export. torchvision is imported only when data are loaded.
@@ -37,6 +38,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_FOLDER_SIZE = 224
 CIFAR_SIZE = 32
 TEST_FRACTION = 0.1
+TEST_SPLIT_SEED = 0
 VISION_EXTRA_HINT = 'install the vision extra: pip install "searchprune[vision]"'
 
 _CIFAR_LAYOUT = {
@@ -63,14 +65,18 @@ class ImageData(BaseModel):
         None, description="imagefolder only: a second tree (same classes) used as the test split"
     )
     val_fraction: float = Field(
-        0.1, gt=0.0, lt=1.0, description="share of the training images held out as val"
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description="share of the training images (what the test split leaves) held out as "
+        "val, drawn with task.seed",
     )
     test_fraction: float | None = Field(
         None,
         gt=0.0,
         lt=1.0,
         description="imagefolder without test_root: share of ROOT held out as test (default "
-        "0.1); CIFAR uses its own test batch",
+        "0.1), the same images for every seed; CIFAR uses its own test batch",
     )
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes per split")
@@ -159,27 +165,26 @@ class ImageSplits:
 
 
 def stratified_split(
-    targets: Sequence[int], fractions: Sequence[float], seed: int
-) -> list[list[int]]:
-    """Indices of ``len(fractions) + 1`` disjoint parts: part ``i + 1`` holds
-    ``round(fractions[i] * n_c)`` of the ``n_c`` samples of every class ``c``, part 0 the
-    rest. Members are drawn, and each part's order shuffled, by a generator seeded with
+    targets: Sequence[int], fraction: float, seed: int, among: Sequence[int] | None = None
+) -> tuple[list[int], list[int]]:
+    """The indices ``among`` (default: every sample) split into ``(kept, carved)``:
+    ``carved`` holds ``round(fraction * n_c)`` of the ``n_c`` members of each class
+    ``c``. Members are drawn, and both parts' orders shuffled, by a generator seeded with
     ``seed``, so a part mixes the classes in an order fixed by the seed."""
     generator = torch.Generator().manual_seed(seed)
-    labels = torch.as_tensor(list(targets), dtype=torch.long)
-    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    pool = torch.as_tensor(range(len(targets)) if among is None else list(among), dtype=torch.long)
+    labels = torch.as_tensor(list(targets), dtype=torch.long)[pool]
+    kept: list[int] = []
+    carved: list[int] = []
     for label in torch.unique(labels).tolist():
-        found = torch.nonzero(labels == label).flatten()
+        found = pool[labels == label]
         members: list[int] = found[torch.randperm(len(found), generator=generator)].tolist()
-        start = 0
-        for part, fraction in zip(parts[1:], fractions, strict=True):
-            count = math.floor(len(members) * fraction + 0.5)
-            part.extend(members[start : start + count])
-            start += count
-        parts[0].extend(members[start:])
-    return [
-        [part[i] for i in torch.randperm(len(part), generator=generator).tolist()] for part in parts
-    ]
+        count = math.floor(len(members) * fraction + 0.5)
+        carved.extend(members[:count])
+        kept.extend(members[count:])
+    kept = [kept[i] for i in torch.randperm(len(kept), generator=generator).tolist()]
+    carved = [carved[i] for i in torch.randperm(len(carved), generator=generator).tolist()]
+    return kept, carved
 
 
 def import_vision(module: str, purpose: str) -> Any:
@@ -300,21 +305,20 @@ def load_image_splits(data: ImageData, input_size: int | None, seed: int) -> Ima
                     f"task.data.test_root: its class folders {test_set.classes} differ from "
                     f"those of task.data.root {full.classes}"
                 )
-            train, val = stratified_split(full.targets, [data.val_fraction], seed)
+            train, val = stratified_split(full.targets, data.val_fraction, seed)
             test_loader = _loader(test_set, list(range(len(test_set))), data)
             files += [Path(path) for path, _ in test_set.samples]
-        else:
+        else:  # the same test images for every seed, as CIFAR's own test batch would be
             test_fraction = data.test_fraction or TEST_FRACTION
-            train, val, test = stratified_split(
-                full.targets, [data.val_fraction, test_fraction], seed
-            )
+            rest, test = stratified_split(full.targets, test_fraction, TEST_SPLIT_SEED)
             _check_nonempty({"test": test}, len(full), data)
+            train, val = stratified_split(full.targets, data.val_fraction, seed, among=rest)
             test_loader = _loader(full, test, data)
     else:
         transform = _transform(input_size or CIFAR_SIZE, data.mean, data.std)
         full = _cifar(data, True, transform)
         test_set = _cifar(data, False, transform)
-        train, val = stratified_split(full.targets, [data.val_fraction], seed)
+        train, val = stratified_split(full.targets, data.val_fraction, seed)
         test_loader = _loader(test_set, list(range(len(test_set))), data)
         folder, train_files, test_file, meta_file = _CIFAR_LAYOUT[data.format]
         files = [data.root / folder / name for name in (*train_files, test_file, meta_file)]

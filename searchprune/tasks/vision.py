@@ -11,11 +11,11 @@ A config names the architecture, the weights a user trained and the data::
       data: {format: imagefolder, root: /data/flowers}   # see tasks/images.py
 
 Without ``weights`` the network keeps its random initialisation (drawn with the task's
-seed), unless ``train_epochs`` trains it first: Adam on the train split through the
-project's training loop, cached on disk like the built-in tasks
-so that building the task again (``searchprune export``) gives the same weights.
-torchvision and timm are the ``vision`` extra; they are imported only when a task is
-built.
+seed), unless ``train_epochs`` trains it first (on the CPU: Adam on the train split
+through the project's training loop, then exact BatchNorm statistics), cached on disk
+like the built-in tasks so that building the task again (``searchprune export``) gives
+the same weights. torchvision and timm are the ``vision`` extra; they are imported only
+when a task is built.
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ def vision_task(
                 "options": options,
                 "input_size": input_size,
                 "weights": None if weights is None else _file_digest(Path(weights).expanduser()),
-                "data": spec.model_dump(mode="json"),
+                "data": spec.model_dump(mode="json", exclude={"num_workers"}),
                 "train": splits.fingerprint(),
                 "recipe": [train_epochs, train_lr],
             }

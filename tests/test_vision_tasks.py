@@ -174,6 +174,9 @@ def test_cifar_batches_are_read_as_written(cifar: tuple[Path, np.ndarray, list[i
         "test": 10,
     }
     assert sorted(_targets(task.val)) == list(range(10))
+    # the splits pickle (a Ray evaluator ships them), even read without checksums
+    shipped = pickle.loads(pickle.dumps(task.val))
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(shipped, task.val, strict=True))
     inputs, targets = task.split("test").first_batch()
     assert targets.tolist() == test_labels  # CIFAR's own test batch, in file order
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)

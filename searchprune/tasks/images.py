@@ -236,9 +236,10 @@ def _cifar(data: ImageData, train: bool, transform: Any) -> Any:
             "archive from https://www.cs.toronto.edu/~kriz/cifar.html, unpacked"
         )
     cls = datasets.CIFAR10 if data.format == "cifar10" else datasets.CIFAR100
+    reader = cls
     if not data.verify_checksums:
         # the same reader with the MD5 sums dropped: torchvision then checks presence only
-        cls = type(
+        reader = type(
             cls.__name__,
             (cls,),
             {
@@ -248,13 +249,16 @@ def _cifar(data: ImageData, train: bool, transform: Any) -> Any:
             },
         )
     try:
-        return cls(str(data.root), train=train, transform=transform, download=False)
+        dataset = reader(str(data.root), train=train, transform=transform, download=False)
     except RuntimeError as error:
         raise SpecError(
             f"task.data.root: the {data.format} files under {base} do not match torchvision's "
             f"checksums ({error}); re-download them, or set task.data.verify_checksums: false "
             "to read them as they are"
         ) from None
+    # read: the rest is torchvision's class itself, which pickles (Ray ships the data)
+    dataset.__class__ = cls
+    return dataset
 
 
 def _loader(dataset: Dataset[Any], indices: list[int], data: ImageData) -> DataLoader[Any]:

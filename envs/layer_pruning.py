@@ -5,15 +5,25 @@ decision: an agent walks the network one prunable unit at a time (a layer at wei
 granularity, a channel group at channel granularity) and picks the unit's pruning
 ratio; the reward is the pruned network's score, given at the last step.
 
-- Observation: AMC's layer embedding, 11 features each min-max normalized to [0, 1]
-  (float32): unit index, layer type (0 Linear, 1 Conv), input channels, output
-  channels, stride, kernel size, params, FLOPs, FLOPs removed so far, FLOPs of the units
-  still to come, previous action.
+- Observation: AMC's layer embedding, 11 features each in [0, 1] (float32): unit
+  index, layer type (0 Linear, 1 Conv), input channels, output channels, stride, kernel
+  size, params, FLOPs (these eight min-max normalized over the units), then the share
+  of the dense FLOPs removed so far, the share the units still to come control, and the
+  previous action. The two FLOPs shares come from the cost model, so at channel granularity
+  they count the FLOPs a group's channels also remove from the inputs of the layers it
+  feeds (on the digits CNN, pruning 7 of the first conv's 16 channels removes 39% of
+  the FLOPs, nearly all of them in the next conv).
 - Action: ``Box(-1, 1, (1,))``, rescaled inside the env to the unit's
   ``[min_ratio, max_ratio]``.
-- Action wall (AMC, section 3.2): each action is raised to the least pruning that still
-  lets the budget be met at the end of the episode if every later unit is pruned as much
-  as it may be; whatever the remaining actions are, the budget holds.
+- Action wall (AMC, section 3.2), two-sided: each action is clipped to the counts with
+  which the episode can still end *on* the budget: at least the least count that meets
+  it if every later unit is pruned as much as it may be, and at most the least count
+  that meets it with every later unit pruned as little as it may be. The last unit has
+  no later units, so both walls coincide there and its count is the one that brings
+  the episode onto the budget (AMC's rule for the final layer). Every episode therefore
+  meets the budget, and removing one element less in its last unit would break it:
+  the network scored is the one the actions (``info["applied_action"]``) describe,
+  with no repair after the agent acted.
 - Reward: 0 until the last step, then the fitness of the decoded masks, scored by the
   project's evaluator (``score=False`` leaves it 0 and only reports the genome, for the
   ``amc`` searcher, which batches the scoring of many episodes).
@@ -83,8 +93,9 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
     ``source`` is a :class:`Problem`, a :class:`Task` (with ``budget=`` and any other
     :class:`Problem` keyword), or a config (a :class:`Config`, plain data or a YAML path).
     The problem's space must be ``layer-ratios``. The env scores the actions as taken
-    (the action wall already meets the budget): an ``evaluator`` passed in should repair in
-    ``budget_mode="bound"``; without one, the env builds such a :class:`LocalEvaluator`.
+    (the action wall lands every episode on the budget): an ``evaluator`` passed in should
+    repair in ``budget_mode="bound"``, which leaves such genomes as they are; without one,
+    the env builds such a :class:`LocalEvaluator`.
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium declares it per instance)
@@ -111,7 +122,7 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         )
         self.observation_space = spaces.Box(0.0, 1.0, shape=(len(FEATURES),), dtype=np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self._static, self._unit_flops = self._embedding()
+        self._static = self._embedding()
         self.sizes = space.cost.sizes
         self.k_min, self.k_max = space.repairer.k_min, space.repairer.k_max
         self._removed = np.zeros(len(self.sizes))
@@ -119,10 +130,10 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         self._previous = 0.0
 
     # --------------------------------------------------------------- features
-    def _embedding(self) -> tuple[np.ndarray, np.ndarray]:
-        """Static features of every unit, min-max normalized, and each unit's FLOPs."""
+    def _embedding(self) -> np.ndarray:
+        """Static features of every unit, min-max normalized."""
         layers = {layer.name: layer for layer in self.problem.layers}
-        rows, flops = [], []
+        rows = []
         for index, unit in enumerate(self.space.units):
             members = [layers[name] for name in unit.layers]
             first = members[0]
@@ -138,41 +149,39 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
                     sum(layer.flops for layer in members),
                 ]
             )
-            flops.append(sum(layer.flops for layer in members))
         table = np.array(rows, dtype=np.float64)
         low, high = table.min(axis=0), table.max(axis=0)
         span = np.where(high > low, high - low, 1.0)
-        return (table - low) / span, np.array(flops, dtype=np.float64)
+        return (table - low) / span
+
+    def flops_shares(self, step: int, removed: np.ndarray) -> tuple[float, float]:
+        """The shares of the dense FLOPs that ``removed`` (counts of the units before
+        ``step``; the others are ignored) removes, and that the units after ``step``
+        control: the FLOPs removing all of them would remove on top. Both by the cost
+        model, which counts a channel group's FLOPs in the layers it feeds too."""
+        trial = np.zeros((2, len(self.sizes)))
+        trial[:, :step] = removed[:step]
+        trial[1, step + 1 :] = self.sizes[step + 1 :]
+        kept = self.space.cost.fractions(trial)["flops_fraction"]
+        return float(1.0 - kept[0]), float(kept[0] - kept[1])
 
     def _observation(self) -> np.ndarray:
         t = min(self._step, len(self.sizes) - 1)
-        total = self._unit_flops.sum()
-        removed = float(
-            (
-                self._removed[: self._step]
-                / self.sizes[: self._step]
-                * self._unit_flops[: self._step]
-            ).sum()
-        )
-        rest = float(self._unit_flops[t + 1 :].sum())
-        dynamic = [removed / total, rest / total, self._previous]
+        reduced, rest = self.flops_shares(t, self._removed)
+        dynamic = [reduced, rest, self._previous]
         return np.clip(np.concatenate([self._static[t], dynamic]), 0.0, 1.0).astype(np.float32)
 
     # ------------------------------------------------------------ action wall
-    def wall(self, step: int, removed: np.ndarray) -> int:
-        """The least count unit ``step`` may remove so that the budget can still be met,
-        given ``removed`` for the units before it and the most for the units after."""
-        trial = removed.copy()
-        trial[step + 1 :] = self.k_max[step + 1 :]
-        low, high = int(self.k_min[step]), int(self.k_max[step])
-        while low < high:
-            middle = (low + high) // 2
-            trial[step] = middle
-            if self.space.repairer.met(trial[None, :])[0]:
-                high = middle
-            else:
-                low = middle + 1
-        return low
+    def walls(self, step: int, removed: np.ndarray) -> tuple[int, int]:
+        """The least and the most count unit ``step`` may remove, given ``removed`` for
+        the units before it, so that the episode can still end on the budget: the least
+        count that meets it with every later unit at its most, and the least that meets
+        it with every later unit at its least. Equal at the last unit."""
+        trial = np.repeat(np.asarray(removed, dtype=np.float64)[None, :], 2, axis=0)
+        trial[0, step + 1 :] = self.k_max[step + 1 :]
+        trial[1, step + 1 :] = self.k_min[step + 1 :]
+        low, high = self.space.repairer.least_count(trial, step)
+        return int(low), int(high)
 
     def ratio_of(self, action: float, step: int) -> float:
         """The pruning ratio an action in [-1, 1] asks for at unit ``step``."""
@@ -201,9 +210,7 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         wanted = np.round(
             self.ratio_of(float(np.asarray(action).reshape(-1)[0]), t) * self.sizes[t]
         )
-        count = float(
-            np.clip(max(wanted, self.wall(t, self._removed)), self.k_min[t], self.k_max[t])
-        )
+        count = float(np.clip(wanted, *self.walls(t, self._removed)))
         self._removed[t] = count
         ratio = count / self.sizes[t]
         self._previous = (ratio - self.space.lower[t]) / max(

@@ -92,6 +92,22 @@ class BudgetRepair:
             else (value <= self.budget.target + 1e-12)
         )
 
+    def least_count(self, removed: np.ndarray, unit: int) -> np.ndarray:
+        """For each row of ``removed`` ``(P, U)``: the least count of ``unit`` in
+        ``[k_min, k_max]`` with which the row meets the budget, the other units as they
+        are (``k_max`` where none does). Removing more never un-meets a budget, so this
+        is a bisection, vectorized over the rows."""
+        trial = np.array(removed, dtype=np.float64, ndmin=2)
+        low = np.full(len(trial), self.k_min[unit])
+        high = np.full(len(trial), self.k_max[unit])
+        while (low < high).any():
+            middle = np.floor((low + high) / 2)
+            trial[:, unit] = middle
+            ok = self.met(trial)
+            high = np.where(ok & (low < high), middle, high)
+            low = np.where(~ok & (low < high), middle + 1, low)
+        return low
+
     def _counts(self, logits: np.ndarray, shift: np.ndarray) -> np.ndarray:
         ratios = 1.0 / (1.0 + np.exp(-(logits[:, None, :] + shift[..., None])))
         return np.clip(np.round(ratios * self.cost.sizes), self.k_min, self.k_max)

@@ -11,10 +11,14 @@ A compare config is a run config without ``budget``/``searcher``/``method`` plus
       settings: {ga: {population: 32}}     # optional settings per method
 
 Each search method gets the same ``run.max_evals``. Every (task, budget, method, seed)
-is an ordinary run directory under ``OUT/runs/``; runs already finished are reused, so
-an interrupted compare continues where it stopped. The results land in ``compare.md``,
-``compare.csv`` and PNG plots (test accuracy against the budget per method, in the style
-of ShrinkBench's curves, and NSGA-II's Pareto fronts).
+is an ordinary run directory under ``OUT/runs/``; runs already finished are reused and
+runs cut short are resumed, so an interrupted compare continues where it stopped. Every
+cell's settings are validated before the first run starts, and a run directory whose
+saved config differs from its cell's (another ``run.max_evals``, another population) is
+refused, naming the run and the keys, unless ``rerun_changed`` asks to run it again.
+The results land in ``compare.md``, ``compare.csv`` and PNG plots (test accuracy against
+the budget per method, in the style of ShrinkBench's curves, and NSGA-II's Pareto
+fronts).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import shutil
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,15 +34,22 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
-from searchprune.config import Config, ConfigError, SpaceConfig, validate_config
-from searchprune.pruners import METHODS
-from searchprune.registry import unknown_name_message
+from searchprune.config import (
+    Config,
+    ConfigError,
+    SpaceConfig,
+    describe_errors,
+    validate_config,
+)
+from searchprune.pruners import METHODS, make_method
+from searchprune.registry import SpecError, unknown_name_message
 from searchprune.report import save_figure
 from searchprune.rundir import RunDir
-from searchprune.runner import run
+from searchprune.runner import check_names, run
 from searchprune.search import SEARCHERS
 from searchprune.space import SPACES
 
@@ -112,6 +124,13 @@ def plan(data: dict[str, Any]) -> tuple[CompareSection, list[Cell], list[str]]:
             raise ConfigError(
                 unknown_name_message("compare.methods", "searcher or method", method, known)
             )
+    for method in section.settings:
+        if method not in section.methods:
+            raise ConfigError(
+                unknown_name_message(
+                    "compare.settings", "method of compare.methods", method, section.methods
+                )
+            )
     tasks = section.tasks or [
         data["task"]["name"] if isinstance(data.get("task"), dict) else data.get("task", "")
     ]
@@ -127,6 +146,63 @@ def plan(data: dict[str, Any]) -> tuple[CompareSection, list[Cell], list[str]]:
                     config = _cell_config(data, section, task, budget, method, seed)
                     cells.append(Cell(task, budget, method, seed, config))
     return section, cells, skipped
+
+
+def check_cell(cell: Cell) -> None:
+    """Refuse, before anything runs, a cell whose names are unknown or whose searcher or
+    method settings do not validate (each error names the key)."""
+    config = cell.config
+    try:
+        check_names(config)
+        if config.searcher is not None:
+            params = SEARCHERS.get(config.searcher.name).Params
+            try:
+                params.model_validate(config.searcher.model_extra or {})
+            except ValidationError as error:
+                raise SpecError(
+                    describe_errors(error, "searcher", params, config.searcher.name)
+                ) from None
+        else:
+            assert config.method is not None
+            make_method(config.method.name, config.run.seed, **config.method.options)
+    except SpecError as error:
+        raise ConfigError(f"compare: run {cell.name}: {error}") from None
+
+
+def _as_saved(config: Config) -> Any:
+    """The config as its run directory's config.yaml holds it, read back."""
+    return yaml.safe_load(yaml.safe_dump(config.resolved(), sort_keys=False))
+
+
+def changed_keys(saved: Any, wanted: Any, where: str = "") -> list[str]:
+    """``key: saved -> wanted`` for every dotted key whose value differs."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        changes = []
+        for key in [*saved, *(k for k in wanted if k not in saved)]:
+            inner = f"{where}.{key}" if where else str(key)
+            changes += changed_keys(saved.get(key), wanted.get(key), inner)
+        return changes
+    return [] if saved == wanted else [f"{where}: {saved!r} -> {wanted!r}"]
+
+
+def stale_runs(cells: list[Cell], out: Path) -> dict[str, list[str]]:
+    """The cells whose run directory holds a run (finished or cut short) of another
+    config than the cell's, with the keys that differ."""
+    stale = {}
+    for cell in cells:
+        run_dir = RunDir(out / "runs" / cell.name)
+        path = run_dir / RunDir.CONFIG
+        if not (path.exists() and (run_dir.started or (run_dir / RunDir.SUMMARY).exists())):
+            continue
+        try:
+            saved = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
+            stale[cell.name] = [f"{path} cannot be read ({type(error).__name__})"]
+            continue
+        changes = changed_keys(saved, _as_saved(cell.config))
+        if changes:
+            stale[cell.name] = changes
+    return stale
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -284,15 +360,38 @@ def plot_fronts(cells: list[Cell], out: Path) -> list[Path]:
 
 
 def compare(
-    data: dict[str, Any], out: str | Path, echo: Callable[[str], None] = print
+    data: dict[str, Any],
+    out: str | Path,
+    echo: Callable[[str], None] = print,
+    *,
+    rerun_changed: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run (or finish) every cell of a compare config into ``out`` and write the report."""
+    """Run (or finish) every cell of a compare config into ``out`` and write the report.
+
+    :raises ConfigError: before any run starts, for a cell whose settings do not validate,
+        or for run directories holding runs of another config (unless ``rerun_changed``,
+        which runs them again in place).
+    """
     out = Path(out)
     _, cells, skipped = plan(data)
+    for cell in cells:
+        check_cell(cell)
+    stale = stale_runs(cells, out)
+    if stale and not rerun_changed:
+        listed = "\n  ".join(
+            f"{out / 'runs' / name}: {'; '.join(changes)}" for name, changes in stale.items()
+        )
+        raise ConfigError(
+            f"compare: {len(stale)} run(s) in {out} were made with other settings than this "
+            f"comparison's:\n  {listed}\nPass --rerun-changed to run them again (their "
+            "directories are replaced), or choose another --out"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for cell in tqdm(cells, desc="compare", unit="run", dynamic_ncols=True):
         run_dir = RunDir(out / "runs" / cell.name)
-        if run_dir.finished:
+        if cell.name in stale:
+            shutil.rmtree(run_dir.path)
+        elif run_dir.finished:
             continue
         run(cell.config, run_dir.path, resume=run_dir.started, echo=lambda _: None)
     rows = aggregate(cells, out)

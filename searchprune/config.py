@@ -22,8 +22,46 @@ class ConfigError(SpecError):
     """A config that cannot be run; the message names the key and the fix."""
 
 
+MAX_SEED = 2**32 - 1  # the largest seed numpy.random.seed takes
+MAX_POPULATION = 1_000_000
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping that gives one key twice (YAML itself would keep the last)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first_line:
+                    raise DuplicateKeyError(
+                        f"key {key!r} is given twice (lines {first_line[key]} and {line}); keep one"
+                    )
+                first_line[key] = line
+            except TypeError:  # an unhashable key: the base loader reports it
+                break
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML like ``yaml.safe_load``, refusing duplicate keys.
+
+    :raises yaml.YAMLError: for text that is not YAML, or a key given twice in a mapping
+        (:class:`DuplicateKeyError`, naming the key and both lines).
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -43,7 +81,10 @@ class TaskConfig(_Section):
         'disk), or "pkg.module:factory" returning a Task; `searchprune list` names them'
     )
     seed: int = Field(
-        0, description="seed the built-in model is trained with (and its val split drawn with)"
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="seed the built-in model is trained with (and its val split drawn with)",
     )
 
     @property
@@ -92,6 +133,17 @@ class SpaceConfig(_Section):
     def _granularity(cls, value: str) -> str:
         return parse_granularity(value)
 
+    @field_validator("layer_bounds")
+    @classmethod
+    def _layer_bounds(cls, value: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (low, high) in value.items():
+            if not 0.0 <= low <= high <= 1.0:
+                raise ValueError(
+                    f"space.layer_bounds.{name}: [{low}, {high}] is not a [min, max] pruning "
+                    "ratio with 0 <= min <= max <= 1"
+                )
+        return value
+
 
 class FitnessConfig(_Section):
     """How a candidate is scored on the val split: a built-in fitness name or
@@ -114,8 +166,8 @@ class FitnessConfig(_Section):
     )
     penalty: float | None = Field(
         None,
-        description="score given to a candidate whose fitness raises or returns NaN; without "
-        "it, the run stops with an error naming the candidate",
+        description="score given to a candidate whose fitness raises or returns NaN (a "
+        "finite number); without it, the run stops with an error naming the candidate",
     )
     bn_samples: int | None = Field(
         None,
@@ -134,11 +186,21 @@ class SearcherConfig(_Section):
     class and are listed under "Searcher settings" in docs/config.md (what they do:
     docs/methods.md#searchers)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str = Field(
         description='ga, pso, sa, nsga2, cmaes, amc, random, or "pkg.module:Class"; '
         "--set searcher.name=pso switches searcher on any config"
     )
+
+    @model_validator(mode="after")
+    def _population(self) -> SearcherConfig:
+        population = (self.model_extra or {}).get("population")
+        if isinstance(population, int) and population > MAX_POPULATION:
+            raise ValueError(
+                f"searcher.population: at most {MAX_POPULATION:,} genomes per round "
+                f"(got {population:,}); a round is held in memory at once"
+            )
+        return self
 
 
 class MethodConfig(_Section):
@@ -161,7 +223,9 @@ class EvaluatorConfig(_Section):
     """Where candidates are scored: in process, or on Ray actors (docs/ray.md)."""
 
     name: Literal["local", "ray"] = Field("local", description="local (in process) or ray (actors)")
-    device: str = Field("cpu", description="torch device of the model during search")
+    device: str = Field(
+        "cpu", description="torch device of the model during search (cpu, cuda, cuda:1, mps)"
+    )
     threads: int = Field(
         1,
         ge=1,
@@ -189,6 +253,25 @@ class EvaluatorConfig(_Section):
         description="ray: a dead actor is replaced and its chunk rerun; a chunk that kills this "
         "many actors stops the run with an error naming its candidates",
     )
+    connect_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="ray: how long to wait for the cluster at evaluator.address before the run "
+        "stops with an error naming it",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        import torch  # only when a config is validated: listing names stays light
+
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"{value!r} is not a torch device; use cpu, cuda, cuda:N or mps"
+            ) from None
+        return value
 
 
 class RunConfig(_Section):
@@ -202,7 +285,11 @@ class RunConfig(_Section):
         None, description="stop once the best fitness reaches this value"
     )
     seed: int = Field(
-        0, description="seed of the search; the same seed gives the same result on one machine"
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description="seed of the search, 0 to 2**32 - 1; the same seed gives the same result "
+        "on one machine",
     )
     progress: bool = Field(True, description="progress bar with the best fitness so far")
 
@@ -224,7 +311,7 @@ class FinetuneConfig(_Section):
 class Config(BaseModel):
     """A whole run: what to prune, how to search, and how to score."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     task: TaskConfig = Field(description="what to prune (docs/tasks.md)")
     space: SpaceConfig = Field(SpaceConfig(), description="the search space")
     budget: dict[str, float] = Field(
@@ -313,6 +400,10 @@ def _describe(error: Any, model: type[BaseModel]) -> str:
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"{where}: required key is missing"
+    if error["type"] == "finite_number":
+        return f"{where}: must be a finite number (got {error.get('input')!r})"
+    if message.startswith(f"{where}."):  # the message names a key inside the section
+        return message
     return f"{where}: {message} (got {error.get('input')!r})"
 
 
@@ -357,6 +448,13 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             f"--set {assignment!r}: use --set dotted.key=value, e.g. --set run.seed=3"
         )
     parts = key.split(".")
+    try:
+        value = load_yaml(raw)
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"--set {assignment!r}: the value of {key} is not valid YAML "
+            f"({_yaml_problem(error)}); quote a string value, e.g. --set '{key}=\"text\"'"
+        ) from None
     node = data
     for part in parts[:-1]:
         child = node.get(part)
@@ -368,7 +466,17 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"--set {assignment!r}: {part} is not a section")
         node[part] = child
         node = child
-    node[parts[-1]] = yaml.safe_load(raw)
+    node[parts[-1]] = value
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where."""
+    if isinstance(error, DuplicateKeyError):
+        return str(error)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 def read_config_data(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -378,9 +486,9 @@ def read_config_data(path: str | Path, overrides: list[str] | None = None) -> di
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"config {path} is not valid YAML: {error}") from None
+        raise ConfigError(f"config {path} is not valid YAML: {_yaml_problem(error)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of sections")
     for assignment in overrides or []:
@@ -399,5 +507,6 @@ __all__ = [
     "ConfigError",
     "apply_override",
     "load_config",
+    "load_yaml",
     "validate_config",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -204,8 +205,12 @@ def call_fitness(
 
 
 def _is_number(value: object) -> bool:
+    """A real number: a Python or numpy scalar or a one-element tensor, but not a bool (a
+    fitness that returns ``True`` is a bug, not a score of 1)."""
     if isinstance(value, Tensor):
-        return value.numel() == 1
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
+    if isinstance(value, (bool, np.bool_, complex, np.complexfloating)):
+        return False
     try:
         float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

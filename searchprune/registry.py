@@ -147,6 +147,11 @@ def import_object(path: str, field: str) -> object:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise SpecError(f"{field}: cannot import module {module_name!r} ({error})") from error
+    except (Exception, SystemExit) as error:  # the plug-in's own code failed on import
+        raise SpecError(
+            f"{field}: importing module {module_name!r} for {path!r} failed "
+            f"({type(error).__name__}: {error}); fix the plug-in module"
+        ) from error
     try:
         return getattr(module, attribute)
     except AttributeError as error:

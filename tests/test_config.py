@@ -96,3 +96,42 @@ def test_every_committed_config_is_valid() -> None:
             assert cells
         else:
             load_config(path)
+
+
+def test_seeds_bounds_penalties_devices_and_populations() -> None:
+    assert "run.seed: Input should be greater than or equal to 0 (got -1)" in _error(
+        {**BASE, "run": {"seed": -1}}
+    )
+    assert "run.seed: Input should be less than or equal to 4294967295" in _error(
+        {**BASE, "run": {"seed": 2**70}}
+    )
+    assert validate_config({**BASE, "run": {"seed": 2**32 - 1}}).run.seed == 2**32 - 1
+    inverted = {**BASE, "space": {"layer_bounds": {"fc1": [0.8, 0.2]}}}
+    assert "space.layer_bounds.fc1: [0.8, 0.2] is not a [min, max] pruning ratio" in _error(
+        inverted
+    )
+    assert "space.layer_bounds.fc1: [-0.1, 0.5]" in _error(
+        {**BASE, "space": {"layer_bounds": {"fc1": [-0.1, 0.5]}}}
+    )
+    for value in (float("inf"), float("nan")):
+        message = _error({**BASE, "fitness": {"penalty": value}})
+        assert f"fitness.penalty: must be a finite number (got {value})" in message
+    assert "evaluator.device: 'banana' is not a torch device" in _error(
+        {**BASE, "evaluator": {"device": "banana"}}
+    )
+    assert validate_config({**BASE, "evaluator": {"device": "cuda:1"}}).evaluator.device == "cuda:1"
+    assert "searcher.population: at most 1,000,000 genomes per round" in _error(
+        {**BASE, "searcher": {"name": "ga", "population": 10**8}}
+    )
+
+
+def test_a_key_given_twice_is_named_with_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("task: digits-mlp\nsearcher: {name: ga, population: 8, population: 16}\n")
+    with pytest.raises(ConfigError, match=r"key 'population' is given twice \(lines 2 and 2\)"):
+        load_config(path)
+    path.write_text("task: digits-mlp\nbudget: {sparsity: 0.9}\nsearcher: ga\ntask: digits-cnn\n")
+    with pytest.raises(ConfigError, match=r"key 'task' is given twice \(lines 1 and 4\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="the value of run.seed is not valid YAML"):
+        apply_override({}, "run.seed=[1, 2")

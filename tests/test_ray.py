@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -12,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import yaml
+from ray._raylet import AuthenticationMode, get_authentication_mode
 
+from searchprune.cli import main
 from searchprune.core.budget import Budget
 from searchprune.evaluate import LocalEvaluator
 from searchprune.evaluate.ray import RayEvaluator, RayWorkerError
@@ -37,6 +41,41 @@ def _ray_processes() -> set[int]:
     return pids
 
 
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound once by the OS, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_an_unreachable_address_fails_at_once_naming_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    assert not ray.is_initialized(), "runs before any test starts Ray in this process"
+    address = f"127.0.0.1:{_closed_port()}"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": "digits-mlp",
+                "budget": {"sparsity": 0.9},
+                "searcher": "random",
+                "run": {"max_evals": 8, "progress": False},
+                "evaluator": {"connect_timeout_s": 5},
+            }
+        )
+    )
+    started = time.monotonic()
+    argv = ["run", str(config), "--out", str(tmp_path / "r"), "--ray-address", address]
+    assert main(argv) == 1
+    assert time.monotonic() - started < 120, "Ray itself retries for over 300 s"
+    err = capfd.readouterr().err
+    assert f"evaluator.address: no Ray cluster answers at {address!r}" in err
+    assert "rpc_client" not in err and "gcs_client" not in err  # no Ray log lines
+    assert not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def ray_evaluator(digits_mlp_task: Task) -> Iterator[RayEvaluator]:
     before = _ray_processes()
@@ -50,6 +89,11 @@ def ray_evaluator(digits_mlp_task: Task) -> Iterator[RayEvaluator]:
     while _ray_processes() - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _ray_processes() - before, "Ray processes outlived close()"
+
+
+def test_a_local_ray_keeps_rays_authentication(ray_evaluator: RayEvaluator) -> None:
+    assert os.environ.get("RAY_AUTH_MODE") != "disabled"
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
 
 
 def test_ray_results_equal_local_results(ray_evaluator: RayEvaluator) -> None:

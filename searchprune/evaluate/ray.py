@@ -8,12 +8,23 @@ keep two actors busy). Results equal the local evaluator's for the same genomes.
 
 An actor that dies mid-run (a killed process, a lost node) is replaced and its chunks
 are run again, so no evaluation is lost and the run's result does not change.
+
+Connecting: an ``address`` is probed first (a TCP connection to its host and port, for at
+most ``connect_timeout`` seconds), so an unreachable cluster fails at once with an error
+naming it, where Ray itself would retry for minutes.
+
+A local Ray started for a run keeps Ray's default authentication (from Ray 2.60 on, a
+token in ``~/.ray/auth_token`` that every connection must present). That token is what
+guards it: Ray 2.60 starts its GCS server and raylet listening on every interface and
+offers no option to bind them to loopback (``ray.init(_node_ip_address="127.0.0.1")``
+resolves the address back to the machine's own).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -47,14 +58,41 @@ class RayWorkerError(RuntimeError):
     """Ray actors kept dying on the same candidates; the message names them."""
 
 
+class RayConnectionError(ConnectionError):
+    """No Ray cluster answered at the address in time; the message names it."""
+
+
+def probe_address(address: str, timeout: float, source: str = "evaluator.address") -> None:
+    """Refuse a cluster ``address`` (``host:port`` or ``ray://host:port``) whose host
+    does not accept a TCP connection on its port within ``timeout`` seconds; other forms
+    (``auto``, ``local``) are left to Ray.
+
+    :raises RayConnectionError: naming ``source``, the address and why.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        why = "timed out" if isinstance(error, TimeoutError) else error.strerror or str(error)
+        raise RayConnectionError(
+            f"{source}: no Ray cluster answers at {address!r} ({why}, waited at most "
+            f"{timeout:g} s); start one there (ray start --head --port={port}) or fix "
+            "evaluator.address, --ray-address or RAY_ADDRESS"
+        ) from None
+
+
 class RayEvaluator(Evaluator):
     """Scores candidates in Ray actors; see the module docstring.
 
     ``address`` is a Ray cluster address (``"auto"``, ``"127.0.0.1:6379"``); ``None``
     uses ``RAY_ADDRESS`` when set, else starts a local Ray instance sized for the actors
-    (and stops it on :meth:`close`). An actor that dies is replaced and its chunk run again;
-    a chunk that kills ``max_deaths`` actors raises :class:`RayWorkerError` naming its
-    candidates.
+    (and stops it on :meth:`close`); an address that does not answer within
+    ``connect_timeout`` seconds raises :class:`RayConnectionError`. An actor that dies is
+    replaced and its chunk run again; a chunk that kills ``max_deaths`` actors raises
+    :class:`RayWorkerError` naming its candidates.
     """
 
     def __init__(
@@ -69,6 +107,7 @@ class RayEvaluator(Evaluator):
         chunk: int | None = None,
         target_seconds: float = 0.05,
         max_deaths: int = 3,
+        connect_timeout: float = 30.0,
         cache: bool = True,
         budget_mode: BudgetMode = "exact",
     ) -> None:
@@ -78,7 +117,7 @@ class RayEvaluator(Evaluator):
         self._seconds_per_eval: float | None = None
         self._started_ray = False
         if not ray.is_initialized():
-            self._connect(address or os.environ.get("RAY_ADDRESS"), actors, num_cpus)
+            self._connect(address, actors, num_cpus, connect_timeout)
         self._options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         self._threads = threads
         self._problem_ref = ray.put(problem)
@@ -86,11 +125,14 @@ class RayEvaluator(Evaluator):
         self.actors = [self._new_actor() for _ in range(actors)]
         self.replaced = 0
 
-    def _connect(self, address: str | None, actors: int, num_cpus: float) -> None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    def _connect(self, address: str | None, actors: int, num_cpus: float, timeout: float) -> None:
         # workers import searchprune and user plug-ins from the driver's path
         runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
+        source = "evaluator.address"
+        if not address and os.environ.get("RAY_ADDRESS"):
+            address, source = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
         if address:
+            probe_address(address, timeout, source)
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         else:
             ray.init(

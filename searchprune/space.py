@@ -233,11 +233,7 @@ class Space(ABC):
         return self.cost.fractions(self.removed(genomes))
 
     def _channel_masks(self, keep: list[Tensor]) -> MaskSet:
-        channels: dict[str, Tensor] = {}
-        for unit, mask in zip(self.units, keep, strict=True):
-            for name in (*unit.layers, *unit.norms):
-                channels[name] = mask
-        return MaskSet("channel", channels=channels)
+        return self.cost.channel_masks(keep)
 
 
 SPACES: Registry[type[Space]] = Registry("space", "space.name")

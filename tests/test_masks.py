@@ -155,3 +155,19 @@ def test_ranked_masking_equals_full_masks_whatever_came_before(
             assert torch.equal(modules[name].weight.detach(), expected)  # type: ignore[union-attr]
     applier.restore()
     assert all(torch.equal(dense[k], v) for k, v in model.state_dict().items())
+
+
+def test_attention_in_projection_is_masked_restored_and_exported_to_torch_prune() -> None:
+    model = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(2, 5, 8)
+    dense = model.in_proj_weight.detach().clone()
+    mask = torch.rand(24, 8, generator=torch.Generator().manual_seed(0)) > 0.5
+    masks = MaskSet("weight", {"": mask})
+    applier = MaskApplier(model, [""], [])
+    with applier.applied(masks):
+        assert torch.equal(model.in_proj_weight.detach(), dense * mask)
+        expected = model(x, x, x)[0]
+    assert torch.equal(model.in_proj_weight.detach(), dense)
+    masks.to_torch_prune(model)
+    torch.testing.assert_close(model(x, x, x)[0], expected)
+    assert MaskSet.from_torch_prune(model) == masks

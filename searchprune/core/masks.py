@@ -37,6 +37,14 @@ def parse_granularity(value: str) -> str:
     )
 
 
+def weight_attrs(module: nn.Module) -> tuple[str, str]:
+    """The attributes holding a layer's weight and bias (``nn.MultiheadAttention`` keeps
+    its packed input projection in ``in_proj_weight`` and ``in_proj_bias``)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return "in_proj_weight", "in_proj_bias"
+    return "weight", "bias"
+
+
 def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
     """Keep the ``n`` highest-scored of every ``m`` consecutive weights along each output
     row (the input dimension, flattened with the kernel), e.g. 2:4 sparsity.
@@ -137,21 +145,25 @@ class MaskSet:
         modules = dict(model.named_modules())
         for name in self.layer_names():
             module = modules[name]
-            if not hasattr(module, "weight"):  # a BatchNorm channel mask: no weight pruning
+            weight_attr, bias_attr = weight_attrs(module)
+            weight = getattr(module, weight_attr, None)
+            if not isinstance(weight, Tensor) or (
+                name not in self.weights and weight.dim() < 2
+            ):  # a norm's channel mask: no weight pruning
                 continue
-            shape = tuple(module.weight.shape)
-            device = module.weight.device
-            prune.custom_from_mask(module, "weight", self.weight_mask(name, shape).to(device))
-            if name in self.channels and getattr(module, "bias", None) is not None:
-                prune.custom_from_mask(module, "bias", self.channels[name].to(device))
+            shape = tuple(weight.shape)
+            mask = self.weight_mask(name, shape).to(weight.device)
+            prune.custom_from_mask(module, weight_attr, mask)
+            if name in self.channels and getattr(module, bias_attr, None) is not None:
+                prune.custom_from_mask(module, bias_attr, self.channels[name].to(weight.device))
 
     @classmethod
     def from_torch_prune(cls, model: nn.Module, granularity: str = "weight") -> MaskSet:
         """Read the ``weight_mask`` buffers that torch's pruning left on ``model``."""
         weights = {
-            name: module.weight_mask.detach().cpu().bool()
+            name: getattr(module, f"{weight_attrs(module)[0]}_mask").detach().cpu().bool()
             for name, module in model.named_modules()
-            if hasattr(module, "weight_mask")
+            if hasattr(module, f"{weight_attrs(module)[0]}_mask")
         }
         if not weights:
             raise ValueError("the model carries no torch.nn.utils.prune masks (no weight_mask)")
@@ -180,9 +192,14 @@ class MaskApplier:
         self.model = model
         modules = dict(model.named_modules())
         self._tensors: dict[str, tuple[Tensor, Tensor]] = {}
+        self._weight: dict[str, str] = {}  # name -> key of its weight in _tensors
+        self._bias: dict[str, str] = {}
         for name in [*layers, *norms]:
             module = modules[name]
-            for attr in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            weight_attr, bias_attr = weight_attrs(module)
+            self._weight[name], self._bias[name] = f"{name}.{weight_attr}", f"{name}.{bias_attr}"
+            attrs = (weight_attr, bias_attr, "running_mean", "running_var", "num_batches_tracked")
+            for attr in attrs:
                 tensor = getattr(module, attr, None)
                 if isinstance(tensor, Tensor):
                     self._tensors[f"{name}.{attr}"] = (tensor.data, tensor.detach().clone())
@@ -217,16 +234,16 @@ class MaskApplier:
     def set_orders(self, orders: Mapping[str, Tensor]) -> None:
         """Register, per layer, its flat weight indices from lowest to highest score."""
         for name, order in orders.items():
-            live = self._tensors[f"{name}.weight"][0]
+            live = self._tensors[self._weight[name]][0]
             # logical (row-major) index -> offset in memory, so channels_last works too
             offsets = torch.arange(live.numel()).as_strided(live.shape, live.stride()).reshape(-1)
-            self._orders[f"{name}.weight"] = offsets[order.to(torch.int64)].to(live.device)
+            self._orders[self._weight[name]] = offsets[order.to(torch.int64)].to(live.device)
 
     def apply_ranked(self, removed: Mapping[str, int]) -> None:
         """Zero the ``removed[layer]`` lowest-ranked weights of each layer (ranks from
         :meth:`set_orders`) and undo everything else; equal to :meth:`apply` with the
         matching masks, but writes only what changed since the previous call."""
-        keys = {f"{name}.weight" for name in removed}
+        keys = {self._weight[name] for name in removed}
         if not self._touched <= keys:
             for key in self._touched - keys:
                 live, dense = self._tensors[key]
@@ -234,7 +251,7 @@ class MaskApplier:
                 self._prefix.pop(key, None)
             self._touched &= keys
         for name, count in removed.items():
-            key = f"{name}.weight"
+            key = self._weight[name]
             flat, dense_flat = self._flat_views(key)
             current = self._prefix.get(key)
             if current is None:
@@ -264,21 +281,21 @@ class MaskApplier:
         Tensors the new mask overwrites whole are not restored first (this runs once
         per candidate).
         """
-        overwritten = {f"{name}.weight" for name in masks.weights}
+        overwritten = {self._weight[name] for name in masks.weights}
         for key in self._touched - overwritten:
             live, dense = self._tensors[key]
             live.copy_(dense)
             self._prefix.pop(key, None)
         self._touched &= overwritten
         for name, mask in masks.weights.items():
-            self._set(f"{name}.weight", mask)
+            self._set(self._weight[name], mask)
         for name, channel in masks.channels.items():
-            key = f"{name}.weight"
+            key = self._weight.get(name, "")
             if name not in masks.weights and key in self._tensors:
                 live = self._tensors[key][0]
                 self._set(key, channel.view(-1, *([1] * (live.dim() - 1))))
-            if f"{name}.bias" in self._tensors:
-                self._set(f"{name}.bias", channel)
+            if self._bias.get(name, "") in self._tensors:
+                self._set(self._bias[name], channel)
 
     def mark_stats_changed(self) -> None:
         """Record that BatchNorm running statistics were changed (by recalibration)."""
@@ -313,12 +330,14 @@ def apply_masks(model: nn.Module, masks: MaskSet) -> None:
     modules = dict(model.named_modules())
     for name in masks.layer_names():
         module = modules[name]
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, Tensor) and name not in masks.channels:
-            weight.mul_(masks.weight_mask(name, tuple(weight.shape)).to(weight.device))
+        weight_attr, bias_attr = weight_attrs(module)
+        weight = getattr(module, weight_attr, None)
+        if isinstance(weight, Tensor) and name in masks.weights:
+            weight.mul_(masks.weights[name].to(weight.device))
         if name in masks.channels:
             keep = masks.channels[name].to(weight.device if weight is not None else "cpu")
-            for attr in ("weight", "bias"):
+            for attr in (weight_attr, bias_attr):
                 tensor = getattr(module, attr, None)
-                if isinstance(tensor, Tensor):
+                masked_already = attr == weight_attr and name in masks.weights
+                if isinstance(tensor, Tensor) and not masked_already:
                     tensor.mul_(keep.view(-1, *([1] * (tensor.dim() - 1))))

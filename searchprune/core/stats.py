@@ -1,14 +1,19 @@
 """Exact sparsity, params and FLOPs of a masked model.
 
-A weight counts as removed when it is masked *or dead*: its output channel is removed,
-or its input channel comes from a channel removed upstream (followed through the
-dependency graph). This is what a physically compacted model would drop.
+A channel element (:mod:`searchprune.core.graph`) is *alive* when anything can still
+emit a nonzero value on it: a kept weight in one of its rows, an unmasked bias there, or
+an unmasked norm channel (a BatchNorm shift emits a constant even on a zero input), or
+when its group is frozen. A weight counts as removed when it is masked *or dead*: its
+row is a dead element, or the input channel it reads is. Dead elements are exactly what
+:func:`searchprune.kernels.compact` drops, so these figures are the compact model's
+(channel granularity) or the masked model's own nonzero weights (weight granularity).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,59 +33,88 @@ class MaskStats:
     flops: int
     params: int
     layer_density: dict[str, float]
+    dense_flops: int
+    dense_params: int
 
 
-def _input_alive(
-    layer: LayerInfo, graph: DependencyGraph, group_alive: dict[int, Tensor]
-) -> Tensor | None:
-    source = graph.inputs.get(layer.name)
-    if source is None or layer.groups != 1:
+def _index(elements: np.ndarray) -> Tensor:
+    return torch.from_numpy(elements)
+
+
+def alive_elements(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) -> Tensor:
+    """Boolean per element of ``graph``: whether it must stay (see the module docstring)."""
+    alive = torch.from_numpy(graph.frozen_elements().copy())
+    for layer in layers:
+        if layer.transposed:
+            continue  # their channels are frozen
+        mask = masks.weight_mask(layer.name, layer.weight_shape).cpu()
+        rows = mask.reshape(mask.shape[0], -1).any(dim=1)
+        if layer.has_bias and layer.kind != "mha_in_proj":
+            rows |= masks.channels.get(layer.name, torch.ones_like(rows)).cpu()
+        alive[_index(graph.rows[layer.name])[rows]] = True
+    for name, elements in graph.norms.items():
+        if graph.per_channel.get(name, 0) == 0:
+            alive[_index(elements)] = True  # no affine to mask: it emits -mean/std
+            continue
+        kept = masks.channels.get(name)
+        alive[_index(elements) if kept is None else _index(elements)[kept.cpu()]] = True
+    return alive
+
+
+def input_alive(layer: LayerInfo, graph: DependencyGraph, alive: Tensor) -> Tensor | None:
+    """Which of ``layer``'s weights read a live input channel, as a mask broadcastable
+    to its weight, or ``None`` when all do (input not followed, or depthwise)."""
+    cols = graph.cols.get(layer.name)
+    if cols is None or layer.depthwise or layer.transposed:
         return None
-    parts = [
-        group_alive[gid]
-        if gid is not None and gid in group_alive
-        else torch.ones(size, dtype=torch.bool)
-        for gid, size in source.segments
-    ]
-    alive = torch.cat(parts)
-    return alive.repeat_interleave(source.repeat) if source.repeat > 1 else alive
+    columns = alive[_index(cols)]
+    shape = layer.weight_shape
+    spatial = [1] * (len(shape) - 2)
+    if layer.groups == 1:
+        return columns.view(1, -1, *spatial)
+    out_per_group = shape[0] // layer.groups
+    per_group = columns.view(layer.groups, 1, shape[1])
+    spread = per_group.expand(layer.groups, out_per_group, shape[1])
+    return spread.reshape(shape[0], shape[1], *spatial)
 
 
 def mask_stats(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) -> MaskStats:
     """Measure ``masks`` on the model described by ``layers`` and ``graph``."""
-    weight_masks = {
-        layer.name: masks.weight_mask(layer.name, layer.weight_shape) for layer in layers
-    }
-    out_alive = {
-        name: mask.reshape(mask.shape[0], -1).any(dim=1) for name, mask in weight_masks.items()
-    }
-    group_alive: dict[int, Tensor] = {}
-    for group in graph.groups:
-        alive = torch.zeros(group.size, dtype=torch.bool)
-        for member in group.members:
-            alive |= out_alive[member]
-        group_alive[group.id] = alive
-
+    alive = alive_elements(masks, layers, graph)
     flops = params = prunable_kept = prunable_masked = prunable_total = 0
     dense_flops = dense_params = 0
     density: dict[str, float] = {}
     for layer in layers:
-        mask = weight_masks[layer.name]
-        ndim = len(layer.weight_shape)
-        effective = mask & out_alive[layer.name].view(-1, *([1] * (ndim - 1)))
-        in_alive = _input_alive(layer, graph, group_alive)
-        if in_alive is not None:
-            effective = effective & in_alive.view(1, -1, *([1] * (ndim - 2)))
+        mask = masks.weight_mask(layer.name, layer.weight_shape).cpu()
+        kept_bias = layer.bias_numel
+        if not layer.transposed:
+            rows = alive[_index(graph.rows[layer.name])]
+            effective = mask & rows.view(-1, *([1] * (mask.dim() - 1)))
+            columns = input_alive(layer, graph, alive)
+            if columns is not None:
+                effective = effective & columns
+            if layer.kind != "mha_in_proj":
+                kept_bias = int(rows.sum()) if layer.has_bias else 0
+        else:
+            effective = mask
         kept = int(effective.sum())
         density[layer.name] = kept / layer.numel
         flops += kept * layer.positions
-        params += kept + (int(out_alive[layer.name].sum()) if layer.has_bias else 0)
+        params += kept + kept_bias
         dense_flops += layer.flops
         dense_params += layer.params
         if layer.prunable:
             prunable_kept += kept
             prunable_masked += layer.numel - int(mask.sum())
             prunable_total += layer.numel
+    for name, elements in {**graph.norms, **graph.params}.items():
+        count = graph.per_channel.get(name, 0)
+        params += count * int(alive[_index(elements)].sum())
+        dense_params += count * len(elements)
+    params += graph.other_params
+    dense_params += graph.other_params
+    flops += graph.other_flops
+    dense_flops += graph.other_flops
     return MaskStats(
         sparsity=1.0 - prunable_kept / prunable_total,
         mask_sparsity=prunable_masked / prunable_total,
@@ -89,4 +123,6 @@ def mask_stats(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) 
         flops=flops,
         params=params,
         layer_density=density,
+        dense_flops=dense_flops,
+        dense_params=dense_params,
     )

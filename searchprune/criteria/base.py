@@ -38,9 +38,10 @@ def layer_scores(layers: Sequence[LayerInfo], values: Sequence[Tensor]) -> Score
 def channel_scores(weight_scores: dict[str, Tensor], unit: Unit) -> Tensor:
     """Score of each channel of a unit: the mean score of its weights, summed over the
     layers whose outputs the channel ties together (L1-norm filter ranking, Li et al. 2017,
-    normalized by fan-in so layers of different widths compare)."""
+    normalized by fan-in so layers of different widths compare); a channel spanning
+    several rows of a layer (a grouped conv's) takes their mean."""
     total = torch.zeros(unit.size)
     for name in unit.layers:
         scores = weight_scores[name]
-        total += scores.reshape(scores.shape[0], -1).mean(dim=1)
+        total += unit.per_element(name, scores.reshape(scores.shape[0], -1).mean(dim=1))
     return total

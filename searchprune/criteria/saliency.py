@@ -68,8 +68,7 @@ def _param_name(layer: str) -> str:
 
 def _weights(model: nn.Module, layers: list[LayerInfo]) -> Scores:
     """Each layer's weight as a detached leaf requiring grad (storage shared, not copied)."""
-    modules = dict(model.named_modules())
-    return {layer.name: modules[layer.name].weight.detach().requires_grad_() for layer in layers}
+    return {layer.name: layer.weight(model).detach().requires_grad_() for layer in layers}
 
 
 def _forward(model: nn.Module, weights: Scores, inputs: Tensor) -> Tensor:

@@ -19,8 +19,7 @@ RANDOM_SEED = 0
 
 def _weights(model: nn.Module, layers: list[LayerInfo]) -> list[torch.Tensor]:
     """The weight tensor of each of ``layers`` in ``model`` (detached)."""
-    modules = dict(model.named_modules())
-    return [modules[layer.name].weight.detach() for layer in layers]
+    return [layer.weight(model).detach() for layer in layers]
 
 
 @CRITERIA.register("magnitude", "|w|: remove the smallest weights first (Han et al. 2015)")

@@ -1,64 +1,31 @@
 """``compact``: physically remove pruned channels and units, giving a smaller dense model.
 
-A masked model still multiplies by its zeros; a compacted one does not have them. For
-every channel group of the dependency graph (:mod:`searchprune.core.graph`), the
-channels no member keeps are dropped from the members' outputs (weights, bias, and the
-BatchNorm that follows), and the matching input columns of every layer they feed are
-dropped too, following flattens into Linear layers (each channel is a block of
-``repeat`` columns). Groups the graph froze (feeding the model output, or an operation it
-cannot follow) are kept whole. The result computes exactly what the masked model does,
-up to float rounding: the dropped channels were exactly zero in the masked model.
+A masked model still multiplies by its zeros; a compacted one does not have them. Every
+channel element of the dependency graph (:mod:`searchprune.core.graph`) that is dead
+(:func:`searchprune.core.stats.alive_elements`: no kept weight, bias or norm channel
+emits anything on it) is dropped from the output rows of its layers, from the norms and
+per-channel tensors that carry it, and from the input columns of every layer that reads
+it (a flatten into a Linear maps each channel to its block of columns). A depthwise conv
+loses its groups with its channels; a grouped conv loses the same channels in every
+group. Frozen groups are kept whole. The result computes what the masked model does, up
+to float rounding: the dropped channels were exactly zero where anything read them.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 from typing import cast
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
-from searchprune.core.graph import DependencyGraph
+from searchprune.core.graph import NORM_TYPES, DependencyGraph
 from searchprune.core.layers import LayerInfo
-from searchprune.core.masks import MaskSet, apply_masks
-
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-
-
-def _alive_channels(
-    masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph
-) -> dict[int, Tensor]:
-    """Per group, the channels that must stay: a channel goes only when every member's
-    weights for it are masked and nothing else can still emit a constant there (a bias
-    or a BatchNorm not masked with it), so dropping it changes no output. Frozen groups
-    stay whole."""
-    by_name = {layer.name: layer for layer in layers}
-    alive: dict[int, Tensor] = {}
-    for group in graph.groups:
-        keep = torch.zeros(group.size, dtype=torch.bool)
-        for member in group.members:
-            layer = by_name[member]
-            weight_mask = masks.weight_mask(member, layer.weight_shape)
-            keep |= weight_mask.reshape(layer.out_channels, -1).any(dim=1)
-            if layer.has_bias:
-                keep |= masks.channels.get(member, torch.ones(group.size, dtype=torch.bool))
-        for norm in group.norms:
-            keep |= masks.channels.get(norm, torch.ones(group.size, dtype=torch.bool))
-        alive[group.id] = torch.ones(group.size, dtype=torch.bool) if group.frozen else keep
-    return alive
-
-
-def _input_keep(layer: LayerInfo, graph: DependencyGraph, alive: dict[int, Tensor]) -> Tensor:
-    """Which input columns (Linear) or input channels (Conv) of ``layer`` survive."""
-    source = graph.inputs.get(layer.name)
-    if source is None or layer.groups != 1:
-        return torch.ones(layer.in_channels, dtype=torch.bool)
-    parts = [
-        alive[gid] if gid is not None else torch.ones(size, dtype=torch.bool)
-        for gid, size in source.segments
-    ]
-    keep = torch.cat(parts)
-    return keep.repeat_interleave(source.repeat) if source.repeat > 1 else keep
+from searchprune.core.masks import MaskSet
+from searchprune.core.stats import alive_elements
 
 
 def in_layout_of(tensor: Tensor, reference: Tensor) -> Tensor:
@@ -70,38 +37,70 @@ def in_layout_of(tensor: Tensor, reference: Tensor) -> Tensor:
     return tensor.contiguous()
 
 
-def shrunk_layer(module: nn.Module, out_keep: Tensor, in_keep: Tensor) -> nn.Module:
+def _copy_without(module: nn.Module, tensors: list[Tensor]) -> nn.Module:
+    """A deep copy of ``module`` that shares ``tensors`` instead of copying them (they
+    are about to be replaced by smaller ones)."""
+    memo: dict[int, object] = {id(t): t for t in tensors}
+    return copy.deepcopy(module, memo)
+
+
+def shrunk_layer(
+    module: nn.Module, out_keep: Tensor, in_keep: Tensor, weight: Tensor | None = None
+) -> nn.Module:
     """A copy of a Linear/Conv layer holding only the kept outputs and inputs (boolean
-    masks over its output rows and input channels)."""
-    new = copy.deepcopy(module)
-    weight = cast(Tensor, module.weight).detach()
-    new.weight = nn.Parameter(in_layout_of(weight[out_keep][:, in_keep].clone(), weight))
+    masks over its output rows and its input channels, all of them for a grouped conv;
+    a depthwise conv keeps the inputs of its kept outputs). ``weight`` replaces the
+    layer's own weight values (a masked copy), when given."""
+    source = cast(Tensor, module.weight).detach() if weight is None else weight
     bias = getattr(module, "bias", None)
+    new = _copy_without(module, [t for t in (module.weight, bias) if isinstance(t, Tensor)])
+    groups = int(getattr(module, "groups", 1))
+    kept_out = int(out_keep.sum())
+    if groups > 1 and source.shape[1] == 1 and source.shape[0] == groups:  # depthwise
+        trimmed = source[out_keep]
+        new_groups, kept_in = kept_out, kept_out
+    elif groups > 1:  # grouped: the same channels leave every group
+        per_group = in_keep.view(groups, -1)
+        trimmed = source[out_keep][:, per_group[0]]
+        new_groups, kept_in = groups, int(in_keep.sum())
+    else:
+        trimmed = source[out_keep][:, in_keep]
+        new_groups, kept_in = 1, int(in_keep.sum())
+    new.weight = nn.Parameter(in_layout_of(trimmed.clone(), source))
     if isinstance(bias, Tensor):
         new.bias = nn.Parameter(bias.detach()[out_keep].clone())
-    kept_out, kept_in = int(out_keep.sum()), int(in_keep.sum())
     if isinstance(new, nn.Linear):
         new.out_features, new.in_features = kept_out, kept_in
-    elif isinstance(new, (nn.Conv1d, nn.Conv2d)):
-        new.out_channels, new.in_channels = kept_out, kept_in
+    elif isinstance(new, _ConvNd):
+        new.out_channels, new.in_channels, new.groups = kept_out, kept_in, new_groups
     return new
 
 
 def _shrunk_norm(module: nn.Module, keep: Tensor) -> nn.Module:
-    new = copy.deepcopy(module)
+    tensors = [
+        t
+        for attr in ("weight", "bias", "running_mean", "running_var")
+        if isinstance(t := getattr(module, attr, None), Tensor)
+    ]
+    new = _copy_without(module, tensors)
     with torch.no_grad():
         for attr in ("weight", "bias", "running_mean", "running_var"):
             tensor = getattr(module, attr, None)
             if isinstance(tensor, Tensor):
-                data = tensor.detach()[keep].clone()
-                target = getattr(new, attr)
-                if isinstance(target, nn.Parameter):
-                    setattr(new, attr, nn.Parameter(data, requires_grad=target.requires_grad))
+                data = tensor.detach()[keep.to(tensor.device)].clone()
+                if isinstance(tensor, nn.Parameter):
+                    setattr(new, attr, nn.Parameter(data, requires_grad=tensor.requires_grad))
                 else:
                     setattr(new, attr, data)
-    if isinstance(new, _NORMS):
+    if isinstance(new, NORM_TYPES):
         new.num_features = int(keep.sum())
     return new
+
+
+def _tensor_at(model: nn.Module, name: str) -> Tensor:
+    tensor = functools.reduce(getattr, name.split("."), model)
+    assert isinstance(tensor, Tensor)
+    return tensor
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -110,6 +109,20 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _slice_tensor(model: nn.Module, name: str, keep: Tensor) -> None:
+    """Keep the ``keep`` entries of a per-channel tensor (its one dim longer than 1)."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    tensor = getattr(parent, attr)
+    dim = next(d for d, size in enumerate(tensor.shape) if size == len(keep))
+    data = tensor.detach().index_select(dim, keep.nonzero().flatten().to(tensor.device)).clone()
+    if isinstance(tensor, nn.Parameter):
+        setattr(parent, attr, nn.Parameter(data, requires_grad=tensor.requires_grad))
+    else:
+        setattr(parent, attr, data)
+
+
+@torch.no_grad()
 def compact(
     model: nn.Module, masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph
 ) -> nn.Module:
@@ -117,22 +130,75 @@ def compact(
 
     ``layers`` and ``graph`` are the model's (a :class:`~searchprune.problem.Problem` holds
     both). Channel-granularity masks remove whole channels; weight-granularity masks only
-    lose the channels left with no weight and no bias.
-
-    :raises ValueError: when the graph could not be traced (channels cannot be followed).
+    lose the channels left with nothing that emits on them. ``model`` is not changed.
     """
-    if not graph.traced:
-        raise ValueError("compact needs a traced dependency graph; this model could not be traced")
-    masked = copy.deepcopy(model).eval()
-    apply_masks(masked, masks)
-    alive = _alive_channels(masks, layers, graph)
-    for layer in layers:
-        module = masked.get_submodule(layer.name)
-        out_keep = alive[graph.group_of[layer.name]]
-        _replace(
-            masked, layer.name, shrunk_layer(module, out_keep, _input_keep(layer, graph, alive))
+    alive = alive_elements(masks, layers, graph)
+    replaced = [
+        t
+        for layer in layers
+        for t in (
+            getattr(model.get_submodule(layer.name), layer.param),
+            getattr(model.get_submodule(layer.name), layer.bias or "", None),
         )
-    for group in graph.groups:
-        for norm in group.norms:
-            _replace(masked, norm, _shrunk_norm(masked.get_submodule(norm), alive[group.id]))
-    return masked
+        if isinstance(t, Tensor)
+    ]
+    replaced += [
+        t
+        for name in graph.norms
+        for attr in ("weight", "bias", "running_mean", "running_var")
+        if isinstance(t := getattr(model.get_submodule(name), attr, None), Tensor)
+    ]
+    replaced += [_tensor_at(model, name) for name in graph.params]
+    small = _copy_without(model, replaced).eval()
+
+    def keep(elements: np.ndarray) -> Tensor:
+        return alive[torch.from_numpy(elements)]
+
+    for layer in layers:
+        module = model.get_submodule(layer.name)
+        weight = getattr(module, layer.param).detach()
+        mask = masks.weight_mask(layer.name, layer.weight_shape).to(weight.device)
+        masked = weight * mask
+        if layer.transposed or layer.kind == "mha_in_proj":
+            target = small.get_submodule(layer.name)
+            setattr(target, layer.param, nn.Parameter(in_layout_of(masked.clone(), weight)))
+            bias = getattr(module, layer.bias or "", None)
+            if isinstance(bias, Tensor):
+                bias_keep = masks.channels.get(layer.name)
+                value = bias.detach().clone()
+                if bias_keep is not None and layer.kind != "mha_in_proj":
+                    value = value * bias_keep.to(value.device)
+                setattr(target, layer.bias or "bias", nn.Parameter(value))
+            continue
+        out_keep = keep(graph.rows[layer.name]).to(weight.device)
+        cols = graph.cols.get(layer.name)
+        in_keep = (
+            keep(cols).to(weight.device)
+            if cols is not None and not layer.depthwise
+            else torch.ones(layer.in_channels, dtype=torch.bool, device=weight.device)
+        )
+        new = shrunk_layer(module, out_keep, in_keep, weight=masked)
+        bias = getattr(module, "bias", None)
+        channel_keep = masks.channels.get(layer.name)
+        if isinstance(bias, Tensor) and channel_keep is not None:
+            new.bias = nn.Parameter(
+                (bias.detach() * channel_keep.to(bias.device))[out_keep].clone()
+            )
+        _replace(small, layer.name, new)
+    for name, elements in graph.norms.items():
+        norm = model.get_submodule(name)
+        channel_keep = masks.channels.get(name)
+        if channel_keep is not None:
+            norm = copy.deepcopy(norm)
+            for attr in ("weight", "bias"):
+                tensor = getattr(norm, attr, None)
+                if isinstance(tensor, Tensor):
+                    tensor.mul_(channel_keep.to(tensor.device))
+        _replace(small, name, _shrunk_norm(norm, keep(elements)))
+    for name, elements in graph.params.items():
+        original = _tensor_at(model, name)
+        parent_name, _, attr = name.rpartition(".")
+        parent = small.get_submodule(parent_name) if parent_name else small
+        setattr(parent, attr, original)
+        _slice_tensor(small, name, keep(elements))
+    return small

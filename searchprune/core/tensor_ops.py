@@ -1,0 +1,606 @@
+"""The rules for tensor operations of the walk over a traced model: how elementwise
+ops, reshapes, permutes, slices, splits, concatenations, reductions and products move,
+tie or freeze channel nodes (:mod:`searchprune.core.graph`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from torch import fx
+
+from searchprune.core.channels import (
+    ADD,
+    DIV,
+    RESHAPES,
+    UNOWNED,
+    ParamVec,
+    Source,
+    Value,
+    fixed_positions,
+    fixed_sizes,
+    integer,
+    normalize_dims,
+    reshape_source,
+    shape_of,
+)
+
+
+class TensorOps:
+    """Channel nodes and their ties, and the rules of tensor operations."""
+
+    def __init__(self) -> None:
+        self.count = 1  # node 0 is UNOWNED
+        self.edges: list[tuple[np.ndarray, np.ndarray]] = []
+        self.frozen: list[tuple[np.ndarray, str]] = [(np.array([UNOWNED]), "")]
+        self.params: dict[str, np.ndarray] = {}
+
+    def new_nodes(self, count: int) -> np.ndarray:
+        nodes = np.arange(self.count, self.count + count, dtype=np.int64)
+        self.count += count
+        return nodes
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        a, b = np.broadcast_arrays(a, b)
+        different = a != b
+        if different.any():
+            self.edges.append((a[different].ravel(), b[different].ravel()))
+
+    def freeze(self, value: Value, reason: str) -> None:
+        if isinstance(value, Source):
+            self.frozen.append((value.nodes.ravel(), reason))
+        elif isinstance(value, tuple):
+            for item in value:
+                self.freeze(item, reason)
+
+    def freeze_nodes(self, nodes: np.ndarray, reason: str) -> None:
+        if nodes.size:
+            self.frozen.append((nodes.ravel(), reason))
+
+    def attach(self, name: str, nodes: np.ndarray) -> None:
+        if name in self.params and self.params[name].shape == nodes.shape:
+            self.union(self.params[name], nodes)
+        elif name in self.params:
+            self.freeze_nodes(self.params[name], f"parameter {name} used along other channels")
+            self.freeze_nodes(nodes, f"parameter {name} used along other channels")
+        else:
+            self.params[name] = nodes
+
+    # ----------------------------------------------------------------- walk
+
+    def value(self, arg: object, env: dict[fx.Node, Value]) -> Value:
+        return env.get(arg) if isinstance(arg, fx.Node) else None
+
+    def tensor_values(self, node: fx.Node, env: dict[fx.Node, Value]) -> list[Value]:
+        values: list[Value] = []
+
+        def collect(arg: object) -> None:
+            if isinstance(arg, (list, tuple)):
+                for item in arg:
+                    collect(item)
+            elif isinstance(arg, dict):
+                for item in arg.values():
+                    collect(item)
+            elif isinstance(arg, fx.Node):
+                values.append(env.get(arg))
+
+        collect(node.args)
+        collect(node.kwargs)
+        return values
+
+    def give_up(self, node: fx.Node, env: dict[fx.Node, Value], reason: str) -> None:
+        for value in self.tensor_values(node, env):
+            self.freeze(value, reason)
+
+    def check_zero(self, source: Source, reader: str) -> None:
+        if not source.zero.all():
+            self.freeze_nodes(
+                source.nodes[~source.zero],
+                f"reaches {reader} through an operation that maps a removed channel's 0 to "
+                "a nonzero value",
+            )
+
+    def mixed(self, source: Value, dims: set[int], reason: str) -> Value:
+        if not isinstance(source, Source):
+            return None
+        if dims & set(source.axes):
+            self.freeze(source, f"{reason}, whose statistics mix channels")
+        return Source(source.axes, source.nodes, np.zeros(source.nodes.shape, dtype=bool))
+
+    def elementwise(
+        self,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+        *,
+        zero: bool,
+    ) -> Value:
+        """An op acting on each element alone (the tracked dims keep their sizes)."""
+        if not isinstance(source, Source):
+            return None
+        if (
+            in_shape is None
+            or out_shape is None
+            or len(in_shape) != len(out_shape)
+            or any(in_shape[a] != out_shape[a] for a in source.axes)
+        ):
+            self.freeze(source, "resized by an elementwise op")
+            return None
+        return source if zero else Source(source.axes, source.nodes, np.zeros_like(source.zero))
+
+    def pool(
+        self,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+        spatial: int,
+        name: str,
+    ) -> Value:
+        if not isinstance(source, Source) or in_shape is None:
+            return None
+        pooled = set(range(len(in_shape) - spatial, len(in_shape)))
+        if pooled & set(source.axes):
+            self.freeze(source, f"pooled across channels by {name}")
+            return None
+        return self.elementwise(source, in_shape, out_shape, zero=True)
+
+    def softmax(
+        self, source: Value, in_shape: tuple[int, ...] | None, dim: object, name: str
+    ) -> Value:
+        if not isinstance(source, Source) or in_shape is None:
+            return None
+        dims = normalize_dims(dim, len(in_shape))
+        if dims is None or set(dims) & set(source.axes):
+            self.freeze(source, f"mixed across channels by {name}")
+            return None
+        return Source(source.axes, source.nodes, np.zeros_like(source.zero))
+
+    def clamp(
+        self,
+        node: fx.Node,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+    ) -> Value:
+        low = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+        high = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
+        zero = (low is None or (isinstance(low, (int, float)) and low <= 0)) and (
+            high is None or (isinstance(high, (int, float)) and high >= 0)
+        )
+        return self.elementwise(source, in_shape, out_shape, zero=zero)
+
+    def pad(
+        self,
+        node: fx.Node,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+    ) -> Value:
+        if not isinstance(source, Source) or in_shape is None or out_shape is None:
+            return None
+        widths = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+        padded = (
+            set(range(len(in_shape) - len(widths) // 2, len(in_shape)))
+            if isinstance(widths, (list, tuple))
+            else set(range(len(in_shape)))
+        )
+        return self.along_other_dims(
+            source, in_shape, out_shape, sorted(padded), "pad", zero=value in (0, 0.0, None)
+        )
+
+    def along_other_dims(
+        self,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+        dims: object,
+        name: str,
+        *,
+        zero: bool,
+    ) -> Value:
+        if not isinstance(source, Source) or in_shape is None:
+            return None
+        touched = normalize_dims(dims, len(in_shape))
+        if touched is None or set(touched) & set(source.axes):
+            self.freeze(source, f"moved across channels by {name}")
+            return None
+        return self.elementwise(source, in_shape, out_shape, zero=zero)
+
+    def reshape(
+        self,
+        node: fx.Node,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+        name: str,
+        fixed: set[int] | None = None,
+    ) -> Value:
+        if not isinstance(source, Source):
+            return None
+        if in_shape is None or out_shape is None:
+            self.freeze(source, f"reshaped by {name}")
+            return None
+        if name in ("expand", "expand_as"):
+            offset = len(out_shape) - len(in_shape)
+            result: Source | None = Source(
+                tuple(a + offset for a in source.axes), source.nodes, source.zero
+            )
+        else:
+            result = reshape_source(source, in_shape, out_shape)
+        if result is None:
+            self.freeze(source, f"reshaped by {name} from {list(in_shape)} to {list(out_shape)}")
+            return None
+        if fixed is None:
+            fixed = fixed_sizes(node, name, len(out_shape))
+        pinned = [a for a in result.axes if a in fixed]
+        if pinned and len(pinned) == len(result.axes):
+            # the compact model runs the same code: a size written in it cannot shrink
+            self.freeze(source, f"reshaped by {name} to a size fixed in the model's code")
+        for axis in pinned if len(pinned) < len(result.axes) else []:
+            # channels leave along the other dims only: tie them across this one
+            along = np.moveaxis(result.nodes, result.axes.index(axis), 0)
+            self.union(along[:1], along[1:])
+        return result
+
+    def permute(
+        self,
+        node: fx.Node,
+        name: str,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
+    ) -> Value:
+        if not isinstance(source, Source) or in_shape is None:
+            return None
+        ndim = len(in_shape)
+        rest: list[Any] = list(node.args[1:])
+        order = list(range(ndim))
+        if name == "permute":
+            dims = list(rest[0]) if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else rest
+            if not dims:
+                dims = list(node.kwargs.get("dims", []))  # type: ignore[arg-type]
+            order = [integer(d) % ndim for d in dims]
+        elif name in ("transpose", "swapaxes"):
+            a = integer(rest[0] if rest else node.kwargs["dim0"]) % ndim
+            b = integer(rest[1] if len(rest) > 1 else node.kwargs["dim1"]) % ndim
+            order[a], order[b] = order[b], order[a]
+        else:  # movedim
+            src = normalize_dims(rest[0], ndim)
+            dst = normalize_dims(rest[1], ndim)
+            if src is None or dst is None:
+                self.freeze(source, f"moved by {name}")
+                return None
+            moved = [d for d in range(ndim) if d not in src]
+            order = [-1] * ndim
+            for s, d in zip(src, dst, strict=True):
+                order[d] = s
+            fill = iter(moved)
+            order = [o if o >= 0 else next(fill) for o in order]
+        where = {old: new for new, old in enumerate(order)}
+        new_axes = [where[a] for a in source.axes]
+        ranking = np.argsort(new_axes)
+        return Source(
+            tuple(sorted(new_axes)),
+            np.transpose(source.nodes, ranking),
+            np.transpose(source.zero, ranking),
+        )
+
+    def getitem(self, node: fx.Node, env: dict[fx.Node, Value]) -> Value:
+        container = self.value(node.args[0], env)
+        index = node.args[1]
+        if isinstance(container, tuple):
+            return container[index] if isinstance(index, int) and index < len(container) else None
+        in_shape = shape_of(node.args[0])
+        if not isinstance(container, Source) or in_shape is None:
+            return None
+        items = list(index) if isinstance(index, tuple) else [index]
+        dynamic = [
+            i
+            for i in items
+            if isinstance(i, (fx.Node, list))
+            or (isinstance(i, slice) and any(isinstance(b, fx.Node) for b in (i.start, i.stop)))
+        ]
+        if dynamic:
+            self.freeze(container, "indexed by a tensor or by computed bounds")
+            return None
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            fill = len(in_shape) - (len(items) - 1 - items.count(None))
+            items = items[:at] + [slice(None)] * fill + items[at + 1 :]
+        nodes, zero = container.nodes, container.zero
+        axes: list[int] = []
+        position = {a: k for k, a in enumerate(container.axes)}
+        dim_in = dim_out = 0
+        taken: list[tuple[int, object]] = []
+        for item in items:
+            if item is None:
+                dim_out += 1
+                continue
+            if dim_in in position:
+                taken.append((position[dim_in], item))
+                if isinstance(item, slice):
+                    axes.append(dim_out)
+            if isinstance(item, slice):
+                dim_out += 1
+            dim_in += 1
+        for a in container.axes:
+            if a >= dim_in:
+                axes.append(dim_out + a - dim_in)
+        for k, item in taken:
+            fixed = fixed_positions(item, nodes.shape[k])
+            if fixed.any():  # the compact model indexes with the same numbers
+                self.freeze_nodes(
+                    np.moveaxis(nodes, k, 0)[fixed], "indexed by positions fixed in the code"
+                )
+        for k, item in sorted(taken, key=lambda pair: -pair[0]):
+            selector = [slice(None)] * nodes.ndim
+            selector[k] = item  # type: ignore[call-overload]
+            nodes, zero = nodes[tuple(selector)], zero[tuple(selector)]
+        if not axes:
+            return None
+        return Source(tuple(sorted(axes)), nodes, zero)
+
+    def split(
+        self,
+        node: fx.Node,
+        name: str,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        env: dict[fx.Node, Value],
+    ) -> Value:
+        meta = node.meta.get("tensor_meta")
+        if not isinstance(meta, (tuple, list)) or in_shape is None:
+            self.freeze(source, f"split by {name}")
+            return None
+        shapes = [tuple(m.shape) for m in meta]
+        if not isinstance(source, Source):
+            return tuple(None for _ in shapes)
+        dim = node.kwargs.get("dim", None)
+        if dim is None:
+            default = 0
+            position = 1 if name == "unbind" else 2
+            dim = node.args[position] if len(node.args) > position else default
+        dim = integer(dim) % len(in_shape)
+        if name == "unbind":
+            pieces = [(i, i + 1) for i in range(in_shape[dim])]
+        else:
+            sizes = [s[dim] for s in shapes]
+            edges = np.concatenate([[0], np.cumsum(sizes)])
+            pieces = list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+            if dim in source.axes:
+                self.split_sizes(source, dim, name, sizes)
+        results: list[Value] = []
+        for (start, stop), shape in zip(pieces, shapes, strict=True):
+            if dim in source.axes:
+                k = source.axes.index(dim)
+                selector: list[slice | int] = [slice(None)] * source.nodes.ndim
+                selector[k] = slice(start, stop) if name != "unbind" else start
+                nodes, zero = source.nodes[tuple(selector)], source.zero[tuple(selector)]
+                axes = list(source.axes)
+                if name == "unbind":
+                    axes = [a - (a > dim) for a in axes if a != dim]
+                results.append(Source(tuple(axes), nodes, zero) if axes else None)
+            else:
+                axes = [a - (name == "unbind" and a > dim) for a in source.axes]
+                results.append(Source(tuple(axes), source.nodes, source.zero))
+            del shape
+        return tuple(results)
+
+    def split_sizes(self, source: Source, dim: int, name: str, sizes: list[int]) -> None:
+        """The compact model splits its smaller tensor the same way: ``chunk`` into equal
+        pieces (so every piece must lose as many channels: the ``i``-th channels of the
+        pieces are tied), ``split`` into sizes fixed in the code (which cannot shrink)."""
+        k = source.axes.index(dim)
+        along = np.moveaxis(source.nodes, k, 0)
+        if name in ("chunk", "tensor_split") and len(set(sizes)) == 1:
+            pieces = along.reshape(len(sizes), sizes[0], -1)
+            self.union(pieces[:1], pieces[1:])
+        elif name == "split" and len(set(sizes[:-1])) <= 1:  # split(x, size): all but the last
+            self.freeze_nodes(along[: sum(sizes[:-1])], f"split by {name} into fixed sizes")
+        else:
+            self.freeze(source, f"split by {name} into sizes fixed in the model's code")
+
+    def concat(
+        self, node: fx.Node, name: str, env: dict[fx.Node, Value], out_shape: tuple[int, ...]
+    ) -> Value:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        if not isinstance(tensors, (list, tuple)):
+            self.give_up(node, env, f"used by {name}")
+            return None
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        dim = integer(dim) % len(out_shape)
+        values = [self.value(t, env) for t in tensors]
+        shapes = [shape_of(t) for t in tensors]
+        if any(s is None for s in shapes) or any(isinstance(v, ParamVec) for v in values):
+            self.give_up(node, env, f"{name} of parameters or non-tensors")
+            return None
+        if name == "stack":  # stacking = concatenating along a new dim
+            values = [
+                Source(tuple(a + (a >= dim) for a in v.axes), v.nodes, v.zero)
+                if isinstance(v, Source)
+                else v
+                for v in values
+            ]
+            return self.joined(values, out_shape, name, node, env)
+        tracked = [v for v in values if isinstance(v, Source)]
+        if not tracked:
+            return None
+        if all(v.axes == (dim,) for v in tracked):
+            parts_n, parts_z = [], []
+            for value, shape in zip(values, shapes, strict=True):
+                assert shape is not None
+                if isinstance(value, Source):
+                    parts_n.append(value.nodes)
+                    parts_z.append(value.zero)
+                else:
+                    parts_n.append(np.full(shape[dim], UNOWNED, dtype=np.int64))
+                    parts_z.append(np.zeros(shape[dim], dtype=bool))
+            return Source((dim,), np.concatenate(parts_n), np.concatenate(parts_z))
+        if any(dim in v.axes for v in tracked):
+            self.give_up(node, env, f"concatenated by {name} along a channel dim, mixed")
+            return None
+        return self.joined(values, out_shape, name, node, env)
+
+    def joined(
+        self,
+        values: list[Value],
+        out_shape: tuple[int, ...],
+        name: str,
+        node: fx.Node,
+        env: dict[fx.Node, Value],
+    ) -> Value:
+        """Tensors concatenated or stacked along a dim that is not a channel dim: their
+        channels must go together (like an add)."""
+        tracked = [v for v in values if isinstance(v, Source)]
+        if len(tracked) != len(values) or len({v.axes for v in tracked}) != 1:
+            self.give_up(node, env, f"joined by {name} with tensors of other channels")
+            return None
+        first = tracked[0]
+        zero = first.zero
+        for other in tracked[1:]:
+            if other.nodes.shape != first.nodes.shape:
+                self.give_up(node, env, f"joined by {name} with differently sized channels")
+                return None
+            self.union(first.nodes, other.nodes)
+            zero = zero & other.zero
+        return Source(first.axes, first.nodes, zero)
+
+    def reduce(
+        self,
+        node: fx.Node,
+        name: str,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...],
+    ) -> Value:
+        if not isinstance(source, Source) or in_shape is None:
+            return None
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        keepdim = bool(node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False))
+        dims = normalize_dims(dim, len(in_shape))
+        if dims is None:
+            self.freeze(source, f"reduced by {name}")
+            return None
+        if set(dims) & set(source.axes):
+            if name == "sum":
+                self.check_zero(source, name)
+                remaining = [a for a in source.axes if a not in dims]
+                if remaining:
+                    self.freeze(source, f"summed across channels by {name}")
+                return None
+            self.freeze(source, f"reduced across channels by {name}")
+            return None
+        axes = source.axes if keepdim else tuple(a - sum(d < a for d in dims) for a in source.axes)
+        return Source(axes, source.nodes, source.zero)
+
+    def merge(
+        self, node: fx.Node, name: str, env: dict[fx.Node, Value], out_shape: tuple[int, ...]
+    ) -> Value:
+        """Elementwise ``+ - * /`` with broadcasting."""
+        operands = (
+            list(node.args[:2])
+            if len(node.args) >= 2
+            else [
+                *node.args,
+                node.kwargs.get("other"),
+            ]
+        )
+        ndim = len(out_shape)
+        tracked: list[tuple[int, Source]] = []
+        others: list[tuple[int, object]] = []
+        for position, given in enumerate(operands):
+            value = self.value(given, env)
+            if isinstance(value, Source):
+                offset = ndim - len(shape_of(given) or ())
+                axes = tuple(a + offset for a in value.axes)
+                tracked.append((position, Source(axes, value.nodes, value.zero)))
+            else:
+                others.append((position, given))
+        if not tracked:
+            return None
+        for position, source in list(tracked):
+            size = tuple(out_shape[a] for a in source.axes)
+            if source.nodes.shape != size and all(
+                n in (1, t) for n, t in zip(source.nodes.shape, size, strict=True)
+            ):  # one channel broadcast over many: it cannot be removed, the others can
+                self.freeze(source, f"broadcast over other channels by {name}")
+                tracked.remove((position, source))
+                others.append((position, operands[position]))
+        if not tracked:
+            return None
+        axes = tracked[0][1].axes
+        if any(s.axes != axes for _, s in tracked):
+            self.give_up(node, env, f"combined by {name} with differently laid out channels")
+            return None
+        additive = name in ADD
+        zero: np.ndarray | None = None
+        for position, source in tracked:
+            if name in DIV and position == 1:
+                self.freeze(source, f"divides by {name} (a removed channel would divide by 0)")
+                return None
+            if zero is None:
+                zero = source.zero
+            else:
+                zero = (zero & source.zero) if additive else (zero | source.zero)
+        assert zero is not None
+        nodes = tracked[0][1].nodes
+        for _, source in tracked[1:]:
+            try:
+                self.union(nodes, source.nodes)
+                nodes, zero = np.broadcast_arrays(nodes, zero)
+            except ValueError:
+                self.give_up(node, env, f"combined by {name} with differently sized channels")
+                return None
+        nodes = np.ascontiguousarray(nodes)
+        zero = np.ascontiguousarray(zero)
+        for _position, other in others:
+            operand: Any = other
+            if isinstance(operand, (int, float, bool)):
+                if additive and operand != 0:
+                    zero = np.zeros_like(zero)
+                continue
+            value = self.value(operand, env)
+            shape = shape_of(operand)
+            if isinstance(value, Source):  # broadcast one-channel operand (frozen above)
+                if additive:
+                    zero = np.zeros_like(zero)
+                continue
+            if isinstance(value, ParamVec):
+                at = value.dim + ndim - value.ndim
+                if at in axes:
+                    if axes != (at,) or nodes.shape != (value.length,):
+                        self.give_up(node, env, f"combined by {name} with parameter {value.name}")
+                        return None
+                    self.attach(value.name, nodes)
+                if additive:
+                    zero = np.zeros_like(zero)
+                continue
+            if shape is None:
+                if isinstance(operand, fx.Node) and additive:
+                    zero = np.zeros_like(zero)
+                continue
+            offset = ndim - len(shape)
+            if any(a - offset >= 0 and shape[a - offset] != 1 for a in axes):
+                for _, source in tracked:
+                    self.freeze(source, f"combined by {name} with a tensor of untracked channels")
+                return None
+            if additive:
+                zero = np.zeros_like(zero)
+        return Source(axes, nodes, zero)
+
+    def param_op(self, name: str, param: ParamVec, out_shape: tuple[int, ...] | None) -> Value:
+        """Views of a per-channel parameter (``gamma.reshape(1, -1, 1, 1)``)."""
+        if out_shape is None:
+            return None
+        if name in RESHAPES | {"expand", "expand_as", "to", "type_as", "float", "contiguous"}:
+            big = [d for d, size in enumerate(out_shape) if size == param.length]
+            if name in ("expand", "expand_as"):
+                at = param.dim + len(out_shape) - param.ndim
+                return ParamVec(param.name, param.length, at, len(out_shape))
+            if math.prod(out_shape) == param.length and len(big) == 1:
+                return ParamVec(param.name, param.length, big[0], len(out_shape))
+            if name in ("to", "type_as", "float", "contiguous"):
+                return param
+        return None

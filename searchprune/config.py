@@ -431,6 +431,7 @@ def validate_config(data: Any) -> Config:
     """
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    _refuse_binary(data, "")
     try:
         return Config.model_validate(data)
     except ValidationError as error:
@@ -438,6 +439,20 @@ def validate_config(data: Any) -> Config:
         raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None
     except UnknownNameError as error:
         raise ConfigError(str(error)) from None
+
+
+def _refuse_binary(data: Any, where: str) -> None:
+    """Refuse YAML ``!!binary`` values: a config holds text, numbers and their lists."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _refuse_binary(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, (list, tuple)):
+        for index, value in enumerate(data):
+            _refuse_binary(value, f"{where}[{index}]")
+    elif isinstance(data, (bytes, bytearray)):
+        raise ConfigError(
+            f"{where}: a binary value (!!binary) is not a config value; give a string or a number"
+        )
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -485,6 +500,8 @@ def read_config_data(path: str | Path, overrides: list[str] | None = None) -> di
         text = Path(path).read_text()
     except OSError as error:
         raise ConfigError(f"cannot read config {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config {path} is not UTF-8 text ({error.reason})") from None
     try:
         data = load_yaml(text) or {}
     except yaml.YAMLError as error:

@@ -121,8 +121,6 @@ def latency_aware(
     ``LAT`` is the candidate's predicted latency (``ctx.stats["latency_ms"]``, from the
     latency curve the run measures when this fitness is chosen).
     """
-    if target_ms <= 0:
-        raise ValueError(f"fitness.target_ms must be positive, got {target_ms}")
     if "latency_ms" not in ctx.stats:
         raise ValueError(
             "latency_aware needs predicted latency: build the Problem with predict_latency=True"
@@ -133,7 +131,19 @@ def latency_aware(
     return {"fitness": score, "val_accuracy": acc, "latency_ms": latency}
 
 
+def _check_latency_aware(target_ms: float, weight: float = -0.07) -> None:
+    for name, value in (("target_ms", target_ms), ("weight", weight)):
+        if not _is_number(value) or not math.isfinite(float(value)):
+            raise ValueError(f"fitness.{name} must be a finite number, got {value!r}")
+    if not target_ms > 0:
+        raise ValueError(f"fitness.target_ms must be positive, got {target_ms}")
+
+
 LATENCY_FITNESSES = frozenset({"latency_aware"})
+_OPTION_CHECKS: dict[Callable[..., Any], Callable[..., None]] = {
+    latency_aware: _check_latency_aware
+}
+"""Checks of a built-in fitness's option values, run when the options are bound."""
 
 
 def resolve_fitness(
@@ -163,6 +173,12 @@ def resolve_fitness(
             f"fitness {getattr(fn, '__name__', fitness)!r}: {error}; its options are "
             f"{accepted or 'none'} (set them as fitness.<option> keys)"
         ) from None
+    check = _OPTION_CHECKS.get(fn)
+    if check is not None:
+        try:
+            check(**options)
+        except (TypeError, ValueError) as error:
+            raise SpecError(str(error)) from None
     return partial(fn, **options) if options else fn
 
 

@@ -135,3 +135,13 @@ def test_a_key_given_twice_is_named_with_its_lines(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError, match="the value of run.seed is not valid YAML"):
         apply_override({}, "run.seed=[1, 2")
+
+
+def test_binary_values_and_files_that_are_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("task: {name: digits-mlp, blob: !!binary AAEC}\nbudget: {sparsity: 0.9}\n")
+    with pytest.raises(ConfigError, match=r"task.blob: a binary value \(!!binary\)"):
+        load_config(path, ["searcher=ga"])
+    path.write_bytes(b"\x00\xff\xfe\x80")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        load_config(path)

@@ -117,6 +117,14 @@ def test_latency_aware_fitness_is_mnasnets_objective_on_predicted_latency(
     typo = _config(tmp_path, {"sparsity": 0.5}, fitness={"name": "accuracy", "target": 1})
     assert main(["run", str(typo), "--out", str(tmp_path / "t")]) == 2
     assert "unexpected keyword argument 'target'" in capsys.readouterr().err
+    for bad, message in (
+        (-1, "fitness.target_ms must be positive, got -1"),
+        ("soon", "fitness.target_ms must be a finite number, got 'soon'"),
+    ):
+        options = {"name": "latency_aware", "target_ms": bad}
+        config = _config(tmp_path, {"sparsity": 0.5}, fitness=options)
+        assert main(["run", str(config), "--out", str(tmp_path / "n")]) == 2
+        assert message in capsys.readouterr().err
 
 
 @given(

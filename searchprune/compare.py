@@ -9,6 +9,7 @@ A compare config is a run config without ``budget``/``searcher``/``method`` plus
       budgets: [{sparsity: 0.9}, {sparsity: 0.95}]
       seeds: [0, 1, 2]
       settings: {ga: {population: 32}}     # optional settings per method
+      variants: {ga-cold: {method: ga, warm_start: []}}   # a method again, other settings
 
 Each search method gets the same ``run.max_evals``. Every (task, budget, method, seed)
 is an ordinary run directory under ``OUT/runs/``; runs already finished are reused and
@@ -65,6 +66,14 @@ class CompareSection(BaseModel):
     budgets: list[dict[str, float]] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0])
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def resolve(self, label: str) -> tuple[str, dict[str, Any]]:
+        """The searcher or method a ``methods`` entry runs, and its settings: a variant's
+        ``method`` with the method's ``settings`` updated by the variant's own."""
+        variant = dict(self.variants.get(label, {}))
+        name = variant.pop("method", label)
+        return name, {**self.settings.get(name, {}), **variant}
 
 
 @dataclass(frozen=True)
@@ -97,11 +106,11 @@ def _cell_config(
     data["baselines"] = []
     data.setdefault("run", {})
     data["run"] = {**data["run"], "seed": seed, "progress": False}
-    settings = section.settings.get(method, {})
-    if method in SEARCHERS:
-        data["searcher"] = {"name": method, **settings}
+    name, settings = section.resolve(method)
+    if name in SEARCHERS:
+        data["searcher"] = {"name": name, **settings}
     else:
-        data["method"] = {"name": method, **settings}
+        data["method"] = {"name": name, **settings}
     return validate_config(data)
 
 
@@ -119,17 +128,28 @@ def plan(data: dict[str, Any]) -> tuple[CompareSection, list[Cell], list[str]]:
     except ValueError as error:
         raise ConfigError(f"compare: {error}") from None
     known = SEARCHERS.names() + METHODS.names()
-    for method in section.methods:
-        if method not in known:
-            raise ConfigError(
-                unknown_name_message("compare.methods", "searcher or method", method, known)
-            )
-    for method in section.settings:
-        if method not in section.methods:
+    for label, variant in section.variants.items():
+        if variant.get("method") not in known:
             raise ConfigError(
                 unknown_name_message(
-                    "compare.settings", "method of compare.methods", method, section.methods
+                    f"compare.variants.{label}.method",
+                    "searcher or method",
+                    str(variant.get("method")),
+                    known,
                 )
+            )
+    for method in section.methods:
+        if method not in known and method not in section.variants:
+            raise ConfigError(
+                unknown_name_message(
+                    "compare.methods", "searcher, method or variant", method, known
+                )
+            )
+    used = [section.resolve(method)[0] for method in section.methods]
+    for method in section.settings:
+        if method not in used:
+            raise ConfigError(
+                unknown_name_message("compare.settings", "method of compare.methods", method, used)
             )
     tasks = section.tasks or [
         data["task"]["name"] if isinstance(data.get("task"), dict) else data.get("task", "")
@@ -137,7 +157,8 @@ def plan(data: dict[str, Any]) -> tuple[CompareSection, list[Cell], list[str]]:
     cells, skipped = [], []
     for method in section.methods:
         space = SPACES.get(SpaceConfig.model_validate(data.get("space", {})).name)
-        if method in SEARCHERS and space.kind not in SEARCHERS.get(method).space_kinds:
+        name, _ = section.resolve(method)
+        if name in SEARCHERS and space.kind not in SEARCHERS.get(name).space_kinds:
             skipped.append(f"{method}: does not search {space.kind} genomes ({space.name})")
             continue
         for task in tasks:
@@ -234,7 +255,17 @@ def aggregate(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
             if tuned:
                 row[f"finetuned_{metric}"], row[f"finetuned_{metric}_std"] = _mean_std(tuned)
         row["evaluations"] = statistics.fmean(s["evaluations"] for s in summaries)
+        row["unique_evaluations"] = statistics.fmean(
+            s.get("unique_evaluations", s["evaluations"]) for s in summaries
+        )
         row["wall_time_s"] = statistics.fmean(s["wall_time_s"] for s in summaries)
+        selections = [s["selection"] for s in summaries if "selection" in s]
+        if selections:  # how often re-scoring changed the pick, and what that did on test
+            row["selection_changed"] = statistics.fmean(float(x["changed"]) for x in selections)
+            row["selection_test_gain"] = statistics.fmean(
+                b["test_accuracy"] - x["val_best_test_accuracy"] if x["changed"] else 0.0
+                for b, x in ((s["best"], s["selection"]) for s in summaries if "selection" in s)
+            )
         rows.append(row)
     return rows
 
@@ -260,7 +291,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, skipped: list[str]) -> s
     tuned = any("finetuned_test_accuracy" in row for row in rows)
     header = ["task", "budget", "method", "val acc %", "test acc %"]
     header += ["tuned val %", "tuned test %"] if tuned else []
-    header += ["sparsity %", "FLOPs %", "evals", "wall s"]
+    header += ["sparsity %", "FLOPs %", "evals (unique)", "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in sorted(rows, key=lambda r: (r["task"], r["budget"], -r.get("test_accuracy", 0.0))):
         cells = [
@@ -275,7 +306,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, skipped: list[str]) -> s
         cells += [
             _pm(row, "sparsity"),
             _pm(row, "flops_fraction"),
-            f"{row['evaluations']:.0f}",
+            f"{row['evaluations']:.0f} ({row['unique_evaluations']:.0f})",
             f"{row['wall_time_s']:.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -93,13 +93,19 @@ class TaskConfig(_Section):
 
 
 class SpaceConfig(_Section):
-    """The search space: what a genome encodes and how elements are ranked inside a layer."""
+    """The search space: what a genome encodes and how elements are ranked inside a layer;
+    other keys are the space's own settings (``reference-ratios``: ``width`` (default
+    0.2); ``depth-schedule``: ``knots`` (default 5)), a key the space does not take is an
+    error naming its settings."""
 
+    model_config = ConfigDict(extra="allow")
     name: str = Field(
         "layer-ratios",
         description="layer-ratios: one pruning ratio per layer (weight granularity) or per "
         "channel group (channel granularity), elements ranked by the criterion; binary: one "
-        "keep-bit per channel (channel granularity only)",
+        "keep-bit per channel (channel granularity only); reference-ratios: ratios within "
+        "`width` of the criterion's global allocation; depth-schedule: `knots` ratios over "
+        "depth, interpolated per unit",
     )
     granularity: str = Field(
         "weight",
@@ -132,6 +138,11 @@ class SpaceConfig(_Section):
     @classmethod
     def _granularity(cls, value: str) -> str:
         return parse_granularity(value)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The space's own settings (the keys beyond the common ones)."""
+        return dict(self.model_extra or {})
 
     @field_validator("layer_bounds")
     @classmethod
@@ -219,6 +230,18 @@ class MethodConfig(_Section):
         return dict(self.model_extra or {})
 
 
+class FidelityConfig(BaseModel):
+    """Multi-fidelity scoring: every candidate of a batch on the first ``shard`` of the val
+    split, only the best ``promote`` share of the batch on all of it (one rung of
+    successive halving); the run's best is always one scored on all of it."""
+
+    model_config = ConfigDict(extra="forbid")
+    shard: float = Field(0.25, gt=0.0, lt=1.0, description="share of the val split scored first")
+    promote: float = Field(
+        0.25, gt=0.0, le=1.0, description="share of each batch scored again on all of val"
+    )
+
+
 class EvaluatorConfig(_Section):
     """Where candidates are scored: in process, or on Ray actors (docs/ray.md)."""
 
@@ -259,6 +282,14 @@ class EvaluatorConfig(_Section):
         description="ray: how long to wait for the cluster at evaluator.address before the run "
         "stops with an error naming it",
     )
+    fidelity: FidelityConfig | None = Field(
+        None,
+        description="multi-fidelity scoring, e.g. {shard: 0.25, promote: 0.25}: each batch on "
+        "the first `shard` of val (and of the BatchNorm calibration samples), the best "
+        "`promote` share of it (at least one) again on all of val; the others keep their "
+        "shard fitness (history: fidelity < 1) and are never the run's best; with ray, per "
+        "chunk (docs/compare-deep.md)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -278,7 +309,21 @@ class RunConfig(_Section):
     """When the search stops, and its seed."""
 
     max_evals: int = Field(
-        1000, ge=1, description="evaluations (candidates proposed, cache hits included)"
+        1000,
+        ge=1,
+        description="evaluations the search may spend, counted as run.count says",
+    )
+    count: Literal["unique", "all"] = Field(
+        "unique",
+        description="unique: max_evals counts distinct candidates scored (a repeat, answered "
+        "by the cache, is free and marked cached in the history; searchers redraw repeats "
+        "where they can); all: every candidate proposed counts, repeats included",
+    )
+    max_repeat_rounds: int = Field(
+        50,
+        ge=1,
+        description="stop (with a message in the summary) after this many rounds in a row "
+        "that scored no new candidate: the space is (nearly) exhausted",
     )
     max_seconds: float | None = Field(None, gt=0, description="stop after this wall time")
     target_fitness: float | None = Field(
@@ -292,6 +337,19 @@ class RunConfig(_Section):
         "on one machine",
     )
     progress: bool = Field(True, description="progress bar with the best fitness so far")
+
+
+class SelectionConfig(_Section):
+    """Picking the best without overfitting val: the ``top_k`` candidates with the best
+    val fitness are scored again on a selection split of ``samples`` train samples (after
+    the BatchNorm calibration ones; never test), and the one with the best fitness over
+    val and selection samples together is the run's best (the summary's ``selection``
+    tells whether that changed the pick)."""
+
+    top_k: int = Field(
+        0, ge=0, description="candidates re-scored before the pick; 0 picks the val best"
+    )
+    samples: int = Field(1000, ge=1, description="train samples in the selection split")
 
 
 class FinetuneConfig(_Section):
@@ -329,6 +387,9 @@ class Config(BaseModel):
     )
     evaluator: EvaluatorConfig = Field(EvaluatorConfig(), description="where candidates are scored")
     run: RunConfig = Field(RunConfig(), description="stopping rules and seed")
+    selection: SelectionConfig = Field(
+        SelectionConfig(), description="re-scoring the top candidates before picking the best"
+    )
     finetune: FinetuneConfig = Field(
         FinetuneConfig(), description="fine-tuning of the best mask and the baselines' masks"
     )

@@ -47,6 +47,14 @@ def dense_figures(problem: Problem, test: Split | None) -> dict[str, Any]:
     return figures
 
 
+def test_accuracy(problem: Problem, masks: MaskSet, test: Split | None) -> float | None:
+    """Test accuracy of the model under ``masks`` (None without a test split)."""
+    if test is None:
+        return None
+    with problem.masked(masks) as model:
+        return score_model(model, test, problem.task.loss).accuracy
+
+
 def mask_figures(
     config: Config, problem: Problem, masks: MaskSet, evaluation: Evaluation, test: Split | None
 ) -> dict[str, Any]:
@@ -55,7 +63,7 @@ def mask_figures(
     stats = problem.exact_stats(masks)
     with problem.masked(masks) as model:
         val = score_model(model, problem.val, problem.task.loss)
-        test_acc = score_model(model, test, problem.task.loss).accuracy if test else None
+    test_acc = test_accuracy(problem, masks, test)
     figures: dict[str, Any] = {
         "val_fitness": evaluation.fitness,
         "val_accuracy": val.accuracy,

@@ -24,7 +24,15 @@ from torch import nn
 from searchprune.registry import UnknownNameError, unknown_name_message
 from searchprune.tasks.base import TASKS, Task
 from searchprune.tasks.data import Splits, load_digits_splits, load_mnist1d_splits
-from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet, Mnist1dCNN, Mnist1dMLP
+from searchprune.tasks.models import (
+    DigitsCNN,
+    DigitsDeepCNN,
+    DigitsMLP,
+    DigitsResNet,
+    Mnist1dCNN,
+    Mnist1dMLP,
+    Mnist1dResNet,
+)
 from searchprune.tasks.train import train_loop
 
 CACHE_ENV_VAR = "SEARCHPRUNE_CACHE"
@@ -106,6 +114,30 @@ _SPECS = (
         steps=6000,
         lr=1e-2,
         batch_size=100,
+        weight_decay=1e-4,
+    ),
+    # Deep built-ins (issue 12): >= 20 channel groups each, where a search's space is too
+    # large for random sampling to find the optimum, as on real networks.
+    TaskSpec(
+        name="mnist1d-resnet",
+        description="deep 1-D ResNet on MNIST-1D: stem + 3 stages x 6 BasicBlocks, 21 "
+        "channel groups",
+        model_factory=Mnist1dResNet,
+        load_data=load_mnist1d_splits,
+        steps=1500,
+        lr=3e-3,
+        batch_size=100,
+        weight_decay=1e-4,
+    ),
+    TaskSpec(
+        name="digits-deepcnn",
+        description="plain 21-conv CNN with BatchNorm on scikit-learn 8x8 digits, 21 "
+        "independent channel groups",
+        model_factory=DigitsDeepCNN,
+        load_data=load_digits_splits,
+        steps=2000,
+        lr=1e-3,
+        batch_size=64,
         weight_decay=1e-4,
     ),
 )

@@ -66,26 +66,28 @@ class DigitsCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """The basic residual block of He et al. (2016): two 3x3 conv-BN layers and a shortcut.
+    """The basic residual block of He et al. (2016): two 3-wide conv-BN layers and a shortcut.
 
     ``conv-BN-ReLU-conv-BN``, added to the shortcut, then ReLU. The shortcut is the
-    identity when shape is kept, else a strided 1x1 conv + BN (He et al.'s option B).
+    identity when shape is kept, else a strided 1-wide conv + BN (He et al.'s option B).
+    ``dims`` is 2 for images (3x3 kernels) or 1 for signals (kernels of 3).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, dims: int = 2) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv1d, nn.BatchNorm1d)
+        self.conv1 = conv(
             in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False
         )
-        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.bn1 = norm(out_channels)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = conv(out_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.bn2 = norm(out_channels)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
+                conv(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+                norm(out_channels),
             )
         self.relu2 = nn.ReLU()
 
@@ -168,4 +170,80 @@ class Mnist1dCNN(nn.Module):
         """Logits for flat ``(N, 40)`` inputs, viewed as ``(N, 1, 40)`` signals."""
         signals = x.reshape(-1, 1, MNIST1D_FEATURES)
         out: Tensor = self.classifier(self.features(signals))
+        return out
+
+
+class Mnist1dResNet(nn.Module):
+    """A deep 1-D ResNet (He et al., 2016) for MNIST-1D, with BatchNorm.
+
+    Stem conv(1→8, 3)-BN-ReLU, then three stages of ``blocks`` :class:`BasicBlock`
+    each, at 8, 16 and 32 channels (stages 2 and 3 start with a stride-2 block with a
+    1-wide conv shortcut), global average pooling and linear(32→10); ~48k parameters. At channel
+    granularity each stage's residual stream (with the stem, or the stage's shortcut)
+    is one channel group and each block's inner conv another: ``3 + 3 * blocks`` groups
+    (21 with the default 6 blocks per stage).
+    """
+
+    def __init__(self, blocks: int = 6, widths: tuple[int, int, int] = (8, 16, 32)) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv1d(1, widths[0], kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm1d(widths[0]),
+            nn.ReLU(),
+        )
+        stages: list[nn.Module] = []
+        previous = widths[0]
+        for stage, width in enumerate(widths):
+            stride = 1 if stage == 0 else 2
+            layers = [BasicBlock(previous, width, stride, dims=1)]
+            layers += [BasicBlock(width, width, dims=1) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            previous = width
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool1d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(widths[-1], NUM_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for flat ``(N, 40)`` inputs, viewed as ``(N, 1, 40)`` signals."""
+        signals = x.reshape(-1, 1, MNIST1D_FEATURES)
+        out: Tensor = self.fc(self.flatten(self.pool(self.stages(self.stem(signals)))))
+        return out
+
+
+class DigitsDeepCNN(nn.Module):
+    """A plain (non-residual) deep CNN for 1x8x8 digits, VGG-style (Simonyan & Zisserman,
+    2015) with BatchNorm (Ioffe & Szegedy, 2015) so that its depth trains.
+
+    ``depth`` 3x3 conv-BN-ReLU layers in three stages of 16, 32 and 64 channels at 8x8,
+    4x4 and 2x2 (a 2x2 max-pool between stages), global average pooling and fc(64→10);
+    ~316k parameters.
+    With no residual adds, every conv is a channel group of its own: ``depth`` groups
+    (21 by default).
+    """
+
+    def __init__(self, depth: int = 21, widths: tuple[int, int, int] = (16, 32, 64)) -> None:
+        super().__init__()
+        per_stage = [depth // 3 + (1 if i < depth % 3 else 0) for i in range(3)]
+        layers: list[nn.Module] = []
+        previous = 1
+        for stage, (width, count) in enumerate(zip(widths, per_stage, strict=True)):
+            if stage:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(count):
+                layers += [
+                    nn.Conv2d(previous, width, kernel_size=3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(),
+                ]
+                previous = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(widths[-1], NUM_CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for flat ``(N, 64)`` inputs, viewed as ``(N, 1, 8, 8)`` images."""
+        images = x.reshape(-1, 1, DIGITS_SIDE, DIGITS_SIDE)
+        out: Tensor = self.fc(self.flatten(self.pool(self.features(images))))
         return out

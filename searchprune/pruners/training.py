@@ -34,9 +34,9 @@ class TrainingParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(20, ge=1, description="passes over the train split")
-    lr: float = Field(1e-3, gt=0.0)
-    batch_size: int = Field(64, ge=1)
-    weight_decay: float = Field(0.0, ge=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate")
+    batch_size: int = Field(64, ge=1, description="train samples per optimizer step")
+    weight_decay: float = Field(0.0, ge=0.0, description="Adam weight decay (L2)")
 
 
 class TrainingMethod(Method):

@@ -82,16 +82,18 @@ def _problem(name: str, granularity: str) -> Problem:
     return Problem(task, budget=budget, granularity=granularity, bn_samples=0, channels_last=False)
 
 
-def _random_masks(problem: Problem, rng: np.random.Generator) -> MaskSet:
-    """Masks no search would pick: any channels of any unit (one kept at least), or any
-    weights, some rows wholly masked (so biases and norms decide what stays)."""
+def _random_masks(problem: Problem, rng: np.random.Generator) -> tuple[MaskSet, list[Tensor]]:
+    """Masks no search would pick: any channels of any unit (some units removed whole:
+    one zero channel stays), or any weights, some rows wholly masked (so biases and norms
+    decide what stays); and, at channel granularity, each unit's keep-mask."""
     if problem.granularity == "channel":
         keep = []
         for unit in problem.cost.units:
             mask = rng.random(unit.size) < rng.uniform(0.1, 0.9)
-            mask[rng.integers(unit.size)] = True
+            if rng.random() < 0.8:
+                mask[rng.integers(unit.size)] = True
             keep.append(torch.from_numpy(mask))
-        return problem.cost.channel_masks(keep)
+        return problem.cost.channel_masks(keep), keep
     weights = {}
     for layer in problem.layers:
         if not layer.prunable:
@@ -99,7 +101,7 @@ def _random_masks(problem: Problem, rng: np.random.Generator) -> MaskSet:
         shape = layer.weight_shape
         row_density = rng.choice([0.0, 0.3, 1.0], size=(shape[0],) + (1,) * (len(shape) - 1))
         weights[layer.name] = torch.from_numpy(rng.random(shape) < row_density)
-    return MaskSet("weight", weights=weights)
+    return MaskSet("weight", weights=weights), []
 
 
 def _macs(model: nn.Module, x: Tensor) -> int:
@@ -117,7 +119,7 @@ def _macs(model: nn.Module, x: Tensor) -> int:
 )
 def test_stats_equal_what_the_compact_model_holds(name: str, granularity: str, seed: int) -> None:
     problem = _problem(name, granularity)
-    masks = _random_masks(problem, np.random.default_rng(seed))
+    masks, masks_kept = _random_masks(problem, np.random.default_rng(seed))
     x = problem.val.first_batch()[0]
     small = compact(problem.model, masks, problem.layers, problem.graph)
     with problem.masked(masks) as masked, torch.no_grad():
@@ -129,6 +131,11 @@ def test_stats_equal_what_the_compact_model_holds(name: str, granularity: str, s
     if granularity == "channel":
         assert stats["params"] == params
         assert stats["flops"] == _macs(small, x)
+        # the count-based cost model the budget repair uses agrees
+        removed = np.array([(~masks_kept[u]).sum() for u in range(len(masks_kept))], float)
+        figures = problem.cost.fractions(removed)
+        for key in ("flops_fraction", "params_fraction", "sparsity"):
+            assert figures[key] == pytest.approx(stats[key], abs=1e-12)
     else:  # the masked weights are still in the compact model, as zeros
         weights = [layer.weight(small) for layer in problem.layers]
         assert stats["params"] == params - sum(int((w == 0).sum()) for w in weights)

@@ -3,9 +3,11 @@
 A channel element (:mod:`searchprune.core.graph`) is *alive* when anything can still
 emit a nonzero value on it: a kept weight in one of its rows, an unmasked bias there, or
 an unmasked norm channel (a BatchNorm shift emits a constant even on a zero input), or
-when its group is frozen. A weight counts as removed when it is masked *or dead*: its
-row is a dead element, or the input channel it reads is. Dead elements are exactly what
-:func:`searchprune.kernels.compact` drops, so these figures are the compact model's
+when its group is frozen. A group removed whole keeps its first element, as zeros (torch
+layers and norms do not take zero-width tensors); at channel granularity its weights are
+counted, as the compact model holds them. A weight counts as removed when it is masked
+*or dead*: its row is a dead element, or the input channel it reads is. Dead elements
+are exactly what :func:`searchprune.kernels.compact` drops, so these figures are the compact model's
 (channel granularity) or the masked model's own nonzero weights (weight granularity).
 """
 
@@ -43,6 +45,13 @@ def _index(elements: np.ndarray) -> Tensor:
 
 def alive_elements(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) -> Tensor:
     """Boolean per element of ``graph``: whether it must stay (see the module docstring)."""
+    return _alive_and_forced(masks, layers, graph)[0]
+
+
+def _alive_and_forced(
+    masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph
+) -> tuple[Tensor, Tensor]:
+    """Alive elements, and those kept only so that no group is left empty."""
     alive = torch.from_numpy(graph.frozen_elements().copy())
     for layer in layers:
         if layer.transposed:
@@ -58,7 +67,11 @@ def alive_elements(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGra
             continue
         kept = masks.channels.get(name)
         alive[_index(elements) if kept is None else _index(elements)[kept.cpu()]] = True
-    return alive
+    forced = torch.zeros_like(alive)
+    for group in graph.groups:  # zero-width tensors break convs and norms: one zero stays
+        if not bool(alive[_index(group.elements)].any()):
+            forced[int(group.elements[0])] = True
+    return alive | forced, forced
 
 
 def input_alive(layer: LayerInfo, graph: DependencyGraph, alive: Tensor) -> Tensor | None:
@@ -80,7 +93,8 @@ def input_alive(layer: LayerInfo, graph: DependencyGraph, alive: Tensor) -> Tens
 
 def mask_stats(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) -> MaskStats:
     """Measure ``masks`` on the model described by ``layers`` and ``graph``."""
-    alive = alive_elements(masks, layers, graph)
+    alive, forced = _alive_and_forced(masks, layers, graph)
+    whole = masks.granularity == "channel"  # a forced element's zeros are in the model
     flops = params = prunable_kept = prunable_masked = prunable_total = 0
     dense_flops = dense_params = 0
     density: dict[str, float] = {}
@@ -89,6 +103,10 @@ def mask_stats(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) 
         kept_bias = layer.bias_numel
         if not layer.transposed:
             rows = alive[_index(graph.rows[layer.name])]
+            if whole:
+                mask = mask | forced[_index(graph.rows[layer.name])].view(
+                    -1, *([1] * (mask.dim() - 1))
+                )
             effective = mask & rows.view(-1, *([1] * (mask.dim() - 1)))
             columns = input_alive(layer, graph, alive)
             if columns is not None:

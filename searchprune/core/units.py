@@ -11,7 +11,8 @@ At channel granularity it is exact: every element of a group has as many rows, i
 columns and norm channels in each layer as every other, so a layer's kept weights are
 ``numel · (kept row share) · (kept column share)``, bilinear in the units' kept shares;
 params include biases, norm affine parameters and per-channel tensors of kept channels,
-and every other parameter of the model. At weight granularity it counts masked weights
+and every other parameter of the model (a unit removed whole keeps one element, as
+:func:`~searchprune.core.stats.alive_elements` does). At weight granularity it counts masked weights
 only, an upper bound on FLOPs and params (a channel left with no weight, no bias and no
 norm dies too, see :mod:`searchprune.core.stats`).
 """
@@ -223,9 +224,12 @@ class CostModel:
         )
         to_out, to_in, out_const, in_const, numel, positions, bias = terms[:7]
         to_channel, channel_const, counts = terms[7:]
-        prunable = (
-            self._prunable if isinstance(keep, np.ndarray) else torch.as_tensor(self._prunable)
-        )
+        if isinstance(keep, np.ndarray):
+            prunable = self._prunable
+            keep = np.maximum(keep, 1.0 / self.sizes)
+        else:
+            prunable = torch.as_tensor(self._prunable)
+            keep = torch.maximum(keep, torch.as_tensor(1.0 / self.sizes, dtype=keep.dtype))
         out = keep @ to_out.T + out_const
         effective = numel * out * (keep @ to_in.T + in_const)
         channels = (counts * (keep @ to_channel.T + channel_const)).sum(-1)

@@ -81,7 +81,7 @@ class BudgetRepair:
                 f"budget.{budget.kind}={budget.target} cannot be met: removing the most each "
                 f"layer allows (space.max_ratio and space.layer_bounds) reaches "
                 f"{budget.stat} {best:.4f}, and the budget asks for {word} {budget.target}. "
-                f"Relax budget.{budget.kind} or raise space.max_ratio."
+                f"Relax budget.{budget.kind} or raise space.max_ratio.{cost.frozen_note()}"
             )
 
     def met(self, removed: np.ndarray) -> np.ndarray:

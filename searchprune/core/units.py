@@ -201,6 +201,12 @@ class CostModel:
         ]
         self._prunable = prunable
 
+    def frozen_note(self) -> str:
+        """At channel granularity, why the channels that cannot be pruned are frozen (for a
+        budget that cannot be met); empty at weight granularity or with none frozen."""
+        summary = self.graph.frozen_summary() if self.granularity == "channel" else ""
+        return f" Channels that cannot be pruned: {summary}." if summary else ""
+
     def fractions(self, removed: np.ndarray) -> dict[str, np.ndarray]:
         """Figures for ``removed`` counts, shape ``(..., n_units)``; arrays of shape ``(...)``."""
         removed = np.asarray(removed, dtype=np.float64)

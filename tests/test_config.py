@@ -36,9 +36,9 @@ def test_shorthand_and_defaults() -> None:
 
 
 def test_unknown_key_suggests_the_right_one() -> None:
-    message = _error({**BASE, "space": {"granularty": "channel"}})
-    assert "space.granularty: unknown key 'granularty'; did you mean 'granularity'?" in message
-    assert "exclude_output" in message  # lists the valid keys
+    message = _error({**BASE, "evaluator": {"devcie": "cpu"}})
+    assert "evaluator.devcie: unknown key 'devcie'; did you mean 'device'?" in message
+    assert "channels_last" in message  # lists the valid keys
     assert "unknown key 'budjet'" in _error({**BASE, "budjet": 1})
 
 

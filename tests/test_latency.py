@@ -87,7 +87,8 @@ def test_latency_budget_becomes_the_budget_the_curve_predicts(
     best = summary["best"]
     assert best["latency_ms_predicted"] <= target + 1e-9
     assert best["latency_ms"] > 0  # measured on the deployed (compact or sparse) model
-    assert all(row["latency_ms"] <= target + 1e-9 for row in _history(out))
+    # history.jsonl rounds metrics to 6 decimals: a candidate on the budget may round up
+    assert all(row["latency_ms"] <= target + 1e-6 for row in _history(out))
 
 
 def test_unreachable_latency_budgets_are_config_errors(
@@ -163,7 +164,9 @@ def test_a_resumed_run_and_an_export_reuse_the_measured_curve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
-    config = _config(tmp_path, {"latency_ms": 10.0})
+    # every proposal counts (the channel space of the MLP holds few distinct candidates)
+    run = {"max_evals": 24, "progress": False, "count": "all"}
+    config = _config(tmp_path, {"latency_ms": 10.0}, run=run)
     first = _run(config, out)
     saved = LatencyModel.load(out / "latency_model.json")
     assert saved == _curve(first)  # the file holds the curve the run searched with

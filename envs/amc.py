@@ -25,7 +25,6 @@ reproducible and resumable.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, ClassVar, Literal
@@ -46,6 +45,7 @@ from searchprune.search.streams import GlobalStreams
 from searchprune.space import Space
 
 Transition = tuple[np.ndarray, np.ndarray, float]  # observation, next observation, action
+_MIN_SIGMA = 2e-6  # exploration floor: 1e-6 of the action range [-1, 1]
 _ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
 
 
@@ -112,19 +112,27 @@ class AMCSearch(Searcher):
 
     # --------------------------------------------------------------- acting
     def _noise_sigma(self) -> float:
-        """Exploration width in action units ([-1, 1] is twice the ratio range)."""
+        """Exploration width in action units ([-1, 1] is twice the ratio range), decayed
+        per episode down to a floor of 1e-6 of the range: below it the truncated normal's
+        bounds, ``(±1 - mean) / sigma``, overflow and scipy cannot sample (the decay
+        reaches it a few hundred episodes after warm-up; the actions are then the policy's
+        to within the floor). 0 when ``noise_sigma`` is 0."""
         p = self.params
-        return 2.0 * p.noise_sigma * p.noise_decay ** max(self.episodes - p.warmup, 0)
+        if p.noise_sigma == 0.0:
+            return 0.0
+        decay = p.noise_decay ** max(self.episodes - p.warmup, 0)
+        return max(2.0 * p.noise_sigma * decay, _MIN_SIGMA)
 
     def _actions(self, observations: np.ndarray) -> np.ndarray:
         count = len(observations)
         if self.episodes < self.params.warmup:
             return self.rng.uniform(-1.0, 1.0, size=(count, 1))
         with torch.no_grad():
-            mean, _ = self.agent.predict(observations, deterministic=True)
+            predicted, _ = self.agent.predict(observations, deterministic=True)
+        mean = np.asarray(predicted, dtype=np.float64)
         sigma = self._noise_sigma()
         if sigma == 0.0:
-            return np.asarray(mean, dtype=np.float64)
+            return mean
         low, high = (-1.0 - mean) / sigma, (1.0 - mean) / sigma
         return np.asarray(truncnorm.rvs(low, high, loc=mean, scale=sigma, random_state=self.rng))
 
@@ -174,16 +182,40 @@ class AMCSearch(Searcher):
                 self.agent.train(self.params.gradient_steps * len(fitness), self.params.batch_size)
 
     # ------------------------------------------------------------ checkpoint
+    def _replay_state(self) -> dict[str, Any]:
+        """The replay buffer as plain data: its filled rows and its write position."""
+        buffer = self.agent.replay_buffer
+        assert buffer is not None
+        filled = buffer.buffer_size if buffer.full else buffer.pos
+        arrays = {
+            k: v[:filled].copy() for k, v in vars(buffer).items() if isinstance(v, np.ndarray)
+        }
+        return {"arrays": arrays, "pos": buffer.pos, "full": buffer.full}
+
+    def _load_replay(self, state: dict[str, Any]) -> None:
+        buffer = self.agent.replay_buffer
+        assert buffer is not None
+        for name, saved in state["arrays"].items():
+            target = getattr(buffer, name, None)
+            if (
+                not isinstance(target, np.ndarray)
+                or saved.shape[1:] != target.shape[1:]
+                or (len(saved) > len(target))
+            ):
+                raise ValueError(f"the saved replay buffer's {name!r} does not fit this agent")
+            target[: len(saved)] = saved
+        buffer.pos, buffer.full = int(state["pos"]), bool(state["full"])
+
     def state_dict(self) -> dict[str, Any]:
         extra = {}
         if getattr(self.agent, "log_ent_coef", None) is not None:  # SAC's entropy weight
             extra["log_ent_coef"] = self.agent.log_ent_coef.detach().clone()  # type: ignore[attr-defined]
         return {
             **super().state_dict(),
-            "agent": self.agent.get_parameters(),
+            "agent": self.agent.get_parameters(),  # torch state dicts of nets and optimizers
             "agent_extra": extra,
             "updates": self.agent._n_updates,
-            "replay": pickle.dumps(self.agent.replay_buffer),
+            "replay": self._replay_state(),
             "streams": self._streams.state_dict(),
             "episodes": self.episodes,
             "baseline": self.baseline,
@@ -196,7 +228,7 @@ class AMCSearch(Searcher):
             with torch.no_grad():
                 self.agent.log_ent_coef.copy_(state["agent_extra"]["log_ent_coef"])  # type: ignore[attr-defined]
         self.agent._n_updates = state["updates"]
-        self.agent.replay_buffer = pickle.loads(state["replay"])
+        self._load_replay(state["replay"])
         self._streams.load_state_dict(state["streams"])
         self.episodes = state["episodes"]
         self.baseline = state["baseline"]

@@ -1,7 +1,7 @@
 """The ``searchprune`` command line: ``run``, ``compare``, ``export`` and ``list``.
 
 Exit status: 0 on success, 2 on a config or usage error (the message names the key and
-the fix), 1 on a failure while running.
+the fix), 1 on a failure while running, 130 on SIGINT (Ctrl-C) and 143 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -159,9 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"searchprune: config error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("searchprune: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt as interrupt:
+        from searchprune.runner import RunInterrupted
+
+        if isinstance(interrupt, RunInterrupted):  # the run saved what a resume needs
+            print(f"searchprune: {interrupt}", file=sys.stderr)
+            return interrupt.exit_code
+        print("searchprune: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:
         print(f"searchprune: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -98,11 +98,10 @@ class LatencyModel:
     kernels: str  # how the measured models ran
     points: tuple[tuple[float, float], ...]  # (fraction, measured ms), fraction ascending
 
-    def save(self, path: Path) -> None:
-        """Write the measured curve as JSON (a resumed run and an export reuse it)."""
-        path.write_text(
-            json.dumps({"axis": self.axis, "kernels": self.kernels, "points": self.points})
-        )
+    def to_json(self) -> str:
+        """The measured curve as JSON, for the run directory (a resumed run and an export
+        reuse it; :meth:`searchprune.rundir.RunDir.save_latency_model` writes it)."""
+        return json.dumps({"axis": self.axis, "kernels": self.kernels, "points": self.points})
 
     @classmethod
     def load(cls, path: Path) -> LatencyModel:

@@ -2,9 +2,15 @@
 
 The loop owns termination (evaluations, wall time, target fitness), seeding, the
 progress bar, ``history.jsonl``, a checkpoint after every generation and resuming from
-it. At the end it scores the best candidate and the baselines on val and test and
-writes the report. Search and fitness never see the test split: only the
-:class:`Problem` (built from ``task.without_test()``) scores candidates.
+it (to the same history, line for line, as an uninterrupted run). At the end it scores
+the best candidate and the baselines on val and test and writes the report. Search and
+fitness never see the test split: only the :class:`Problem` (built from
+``task.without_test()``) scores candidates.
+
+A run holds its directory's lock while it runs. SIGINT or SIGTERM drops the batch being
+evaluated (or, arriving while a batch is being logged and checkpointed, lets that
+finish), writes the best masks so far and a summary marked ``"finished": false``, and
+raises :class:`RunInterrupted`, whose message names the directory to resume.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +36,6 @@ from searchprune.config import Config, ConfigError
 from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
 from searchprune.fitness import FITNESSES
-from searchprune.latency import LatencyModel
 from searchprune.problem import Evaluation, Problem
 from searchprune.pruners import baseline_method, make_method, method_class
 from searchprune.registry import SpecError
@@ -42,6 +50,7 @@ from searchprune.rundir import RunDir
 from searchprune.runtime import prepare_process
 from searchprune.search import SEARCHERS, Searcher, make_searcher
 from searchprune.search.base import FrontMember
+from searchprune.search.streams import GlobalStreams
 from searchprune.space import BudgetMode
 from searchprune.tasks import TASKS, Task
 
@@ -119,6 +128,65 @@ class LoopState:
             self.best_metrics = dict(result.evaluation.metrics)
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run ended by SIGINT or SIGTERM; what a resume needs is on disk."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        self.signum = signum
+        self.run_dir = run_dir
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name}; resume with: "
+            f"searchprune run --resume {run_dir}"
+        )
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+class Interrupts:
+    """SIGINT and SIGTERM during a run, raised as :class:`RunInterrupted` in the main
+    thread: at once, except inside :meth:`deferred` (a batch being logged and
+    checkpointed), which raises it once the block is done."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.pending: int | None = None
+        self._deferring = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self._deferring:
+            self.pending = self.pending or signum
+            return
+        raise RunInterrupted(signum, self.run_dir)
+
+    @contextmanager
+    def installed(self) -> Iterator[Interrupts]:
+        """Handle the signals inside the block (in the main thread only, where Python
+        lets a program handle signals; elsewhere they keep their handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self.pending is not None:
+            raise RunInterrupted(self.pending, self.run_dir)
+
+
 def _genome_record(genome: np.ndarray) -> list[float] | str:
     if genome.dtype == bool:
         return np.packbits(genome).tobytes().hex()
@@ -139,11 +207,34 @@ def _history_line(index: int, result: Result, best: float) -> str:
     return json.dumps(row)
 
 
+def _checkpoint(state: LoopState, searcher: Searcher, evaluator: Evaluator) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly, as plain data."""
+    return {
+        "loop": asdict(state),
+        "searcher": searcher.state_dict(),
+        "evaluator": evaluator.state_dict(),
+        "process_rng": GlobalStreams.capture().state_dict(),
+    }
+
+
 def search_loop(
-    config: Config, searcher: Searcher, evaluator: Evaluator, run_dir: RunDir, state: LoopState
+    config: Config,
+    searcher: Searcher,
+    evaluator: Evaluator,
+    run_dir: RunDir,
+    state: LoopState,
+    interrupts: Interrupts | None = None,
 ) -> LoopState:
-    """Ask, evaluate, tell, log and checkpoint until a stopping rule fires."""
+    """Ask, evaluate, tell, log and checkpoint until a stopping rule fires.
+
+    ``state`` is updated in place, one whole batch at a time, together with the history
+    and the checkpoint (inside ``interrupts.deferred()``), so whatever interrupts the
+    loop, ``state`` is the one the last checkpoint holds.
+    """
     run = config.run
+    commit: Callable[[], AbstractContextManager[None]] = (
+        interrupts.deferred if interrupts is not None else nullcontext
+    )
     started = time.perf_counter() - state.elapsed
     bar = tqdm(
         total=run.max_evals,
@@ -153,28 +244,29 @@ def search_loop(
         unit="eval",
         dynamic_ncols=True,
     )
-    with run_dir.append_history() as history:
-        while state.evals < run.max_evals:
-            if run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds:
-                break
-            if run.target_fitness is not None and state.best_fitness >= run.target_fitness:
-                break
-            genomes = searcher.ask(min(searcher.batch_size, run.max_evals - state.evals))
-            results = evaluator.evaluate(genomes, first_index=state.evals)
+    while state.evals < run.max_evals:
+        if run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds:
+            break
+        if run.target_fitness is not None and state.best_fitness >= run.target_fitness:
+            break
+        genomes = searcher.ask(min(searcher.batch_size, run.max_evals - state.evals))
+        results = evaluator.evaluate(genomes, first_index=state.evals)
+        with commit():
             searcher.tell(
                 np.stack([r.genome for r in results]),
                 np.array([r.fitness for r in results]),
                 [r.evaluation.metrics for r in results],
             )
+            lines = []
             for result in results:
                 state.update(state.evals, result)
-                history.write(_history_line(state.evals, result, state.best_fitness) + "\n")
+                lines.append(_history_line(state.evals, result, state.best_fitness))
                 state.evals += 1
-            history.flush()
+            run_dir.append_history(lines)
             state.elapsed = time.perf_counter() - started
-            run_dir.save_checkpoint({"loop": state, "searcher": searcher.state_dict()})
-            bar.update(len(results))
-            bar.set_postfix(best=f"{state.best_fitness:.4f}", refresh=False)
+            run_dir.save_checkpoint(_checkpoint(state, searcher, evaluator))
+        bar.update(len(results))
+        bar.set_postfix(best=f"{state.best_fitness:.4f}", refresh=False)
     bar.close()
     return state
 
@@ -230,6 +322,7 @@ def finish(
         )
         densities[name] = problem.layer_density(baseline_masks)
     summary: dict[str, Any] = {
+        "finished": True,
         "seed": config.run.seed,
         "task": config.task.name,
         "method": config.method_name,
@@ -258,28 +351,74 @@ def finish(
 def run(
     config: Config, out: str | Path, *, resume: bool = False, echo: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Run a config into directory ``out`` (or continue the run there); return the summary."""
+    """Run a config into directory ``out`` (or continue the run there); return the summary.
+
+    :raises ConfigError: for a bad config, or a directory that is in use (naming the
+        process), already holds a run (without ``resume``) or holds a finished method run.
+    :raises RunInterrupted: on SIGINT or SIGTERM (see the module docstring).
+    """
+    if not resume and str(Path(out)) == ".":
+        raise ConfigError(
+            "--out: a run needs a directory of its own, not the working directory; "
+            "e.g. --out runs/my-run"
+        )
     run_dir = RunDir(out)
     check_names(config)
-    if not resume and run_dir.started:
-        raise ConfigError(f"{out} already holds a run; pass --resume {out} or choose another --out")
-    run_dir.create(config)
-    prepare_process(config.evaluator.threads)
-    random.seed(config.run.seed)
-    torch.manual_seed(config.run.seed)
-    measured = run_dir / RunDir.LATENCY_MODEL
-    try:
-        task = build_task(config)
-        problem = build_problem(
-            config, task, LatencyModel.load(measured) if resume and measured.exists() else None
-        )
-    except SpecError as error:
-        raise ConfigError(str(error)) from None
-    if problem.latency is not None:  # a resumed run searches under the same budget
-        problem.latency.save(measured)
-    if config.method is not None:
-        return _run_method_to_report(config, task, problem, run_dir, echo)
-    return _search_to_report(config, task, problem, run_dir, echo, resume)
+    with run_dir.lock(), Interrupts(run_dir.path).installed() as interrupts:
+        if not resume and run_dir.holds_run:
+            raise ConfigError(
+                f"{out} already holds a run; pass --resume {out} or choose another --out"
+            )
+        if resume and config.method is not None and run_dir.finished:
+            raise ConfigError(
+                f"{out}: its {config.method.name} run is finished, so there is nothing to "
+                "resume; choose another --out to run it again"
+            )
+        run_dir.create(config)
+        prepare_process(config.evaluator.threads)
+        random.seed(config.run.seed)
+        torch.manual_seed(config.run.seed)
+        measured = run_dir.load_latency_model() if resume else None
+        try:
+            task = build_task(config)
+            problem = build_problem(config, task, measured)
+        except SpecError as error:
+            raise ConfigError(str(error)) from None
+        if problem.latency is not None and measured is None:
+            run_dir.save_latency_model(problem.latency)  # a resumed run keeps this budget
+        if config.method is not None:
+            return _run_method_to_report(config, task, problem, run_dir, echo)
+        return _search_to_report(config, task, problem, run_dir, echo, resume, interrupts)
+
+
+def _write_unfinished(
+    config: Config, problem: Problem, state: LoopState, run_dir: RunDir, signum: int
+) -> None:
+    """The best masks so far and a summary marked unfinished, for an interrupted run
+    (nothing when no batch was checkpointed: a resume starts afresh)."""
+    if state.best_genome is None:
+        return
+    run_dir.save_best_masks(problem.space.decode(state.best_genome))
+    rows = run_dir.read_history()[: state.evals]
+    run_dir.write_summary(
+        {
+            "finished": False,
+            "interrupted_by": signal.Signals(signum).name,
+            "resume": f"searchprune run --resume {run_dir.path}",
+            "seed": config.run.seed,
+            "task": config.task.name,
+            "method": config.method_name,
+            "evaluations": state.evals,
+            "unique_evaluations": sum(1 for row in rows if not row.get("cached", False)),
+            "wall_time_s": round(state.elapsed, 3),
+            "budget": config.budget,
+            "best": {
+                "val_fitness": state.best_fitness,
+                **{k: round(v, 6) for k, v in state.best_metrics.items()},
+                "eval_index": state.best_index,
+            },
+        }
+    )
 
 
 def _run_method_to_report(
@@ -290,7 +429,7 @@ def _run_method_to_report(
     started = time.perf_counter()
     best_problem, masks, info = _run_method(config, task, problem)
     if best_problem is not problem:  # keep the trained weights the masks belong to
-        torch.save(best_problem.model.state_dict(), run_dir / RunDir.TRAINED_MODEL)
+        run_dir.save_trained_model(best_problem.model.state_dict())
     evaluation = best_problem.score_masks(masks, config.method.name)
     state = LoopState(
         evals=1,
@@ -322,22 +461,40 @@ def _search_to_report(
     run_dir: RunDir,
     echo: Callable[[str], None],
     resume: bool,
+    interrupts: Interrupts | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the config's searcher through the loop, and write the report."""
     try:
         searcher = build_searcher(config, problem)
     except SpecError as error:
         raise ConfigError(str(error)) from None
-    state = LoopState()
+    state, saved = LoopState(), None
     if resume and run_dir.started:
         saved = run_dir.load_checkpoint()
-        searcher.load_state_dict(saved["searcher"])
-        state = saved["loop"]
+        try:
+            state = LoopState(**saved["loop"])
+            run_dir.cut_history(state.evals)
+            searcher.load_state_dict(saved["searcher"])
+            restored = GlobalStreams(0)
+            restored.load_state_dict(saved["process_rng"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConfigError(
+                f"{run_dir / RunDir.CHECKPOINT} does not fit this run "
+                f"({type(error).__name__}: {error}); start the run again in a new directory"
+            ) from None
+        restored.install()
         echo(f"resuming {run_dir.path} at evaluation {state.evals}")
     else:
         run_dir.start_history()
     with build_evaluator(config, problem, searcher.budget_mode) as evaluator:
-        state = search_loop(config, searcher, evaluator, run_dir, state)
+        if saved is not None:
+            evaluator.load_state_dict(saved["evaluator"])
+        try:
+            state = search_loop(config, searcher, evaluator, run_dir, state, interrupts)
+        except RunInterrupted as interrupt:
+            with interrupts.deferred() if interrupts is not None else nullcontext():
+                _write_unfinished(config, problem, state, run_dir, interrupt.signum)
+            raise
     if state.best_genome is None:
         raise RuntimeError("the run ended before any candidate was evaluated")
     best_masks = problem.space.decode(state.best_genome)

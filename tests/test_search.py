@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from searchprune.rundir import RunDir
 from searchprune.search import SEARCHERS
 from searchprune.space import BinarySpace, LayerRatioSpace, Space
 from synthetic import distance_fitness, make, make_space, scores
@@ -24,16 +25,36 @@ def test_same_seed_same_result(name: str, space_kind: type[Space]) -> None:
 
 @pytest.mark.parametrize("name", SEARCHERS.names())
 @pytest.mark.parametrize("space_kind", [LayerRatioSpace, BinarySpace])
-def test_checkpoint_and_resume_continue_exactly(name: str, space_kind: type[Space]) -> None:
+def test_checkpoint_and_resume_continue_exactly(
+    name: str, space_kind: type[Space], tmp_path: Path
+) -> None:
+    """The state goes through a checkpoint file (plain data, no pickle) and back."""
     space = make_space(space_kind)
     fitness = distance_fitness(space)
     straight = scores(make(name, space, seed=3, population=8), fitness, 56)
     first = make(name, space, seed=3, population=8)
     head = scores(first, fitness, 24)
-    state = pickle.loads(pickle.dumps(first.state_dict()))
+    RunDir(tmp_path).save_checkpoint({"searcher": first.state_dict()})
     second = make(name, space, seed=999, population=8)  # different seed: state must win
-    second.load_state_dict(state)
+    second.load_state_dict(RunDir(tmp_path).load_checkpoint()["searcher"])
     assert head + scores(second, fitness, 32) == straight
+
+
+def test_cmaes_replays_its_checkpoint_and_checks_the_replay() -> None:
+    """CMA-ES is rebuilt from its seed and saved scores: the rebuilt strategy asks the
+    genomes the original asks next; scores that do not belong to it are refused."""
+    space = make_space(LayerRatioSpace)
+    fitness = distance_fitness(space)
+    first = make("cmaes", space, seed=3, population=8)
+    scores(first, fitness, 28)
+    state = first.state_dict()
+    second = make("cmaes", space, seed=0, population=8)
+    second.load_state_dict(state)
+    assert np.array_equal(second.ask(4), first.ask(4))
+    assert np.array_equal(second.es.mean, first.es.mean) and second.es.sigma == first.es.sigma
+    state["told"] = state["told"][:-1]  # a generation lost: the replay ends elsewhere
+    with pytest.raises(ValueError, match="does not replay"):
+        make("cmaes", space, seed=3, population=8).load_state_dict(state)
 
 
 @pytest.mark.parametrize("space_kind", [LayerRatioSpace, BinarySpace])
@@ -62,3 +83,28 @@ def test_every_searcher_improves_on_its_first_round(name: str) -> None:
     fitness = distance_fitness(space)
     found = scores(make(name, space, seed=0, population=16), fitness, 320)
     assert max(found) > max(found[:16])
+
+
+def test_amc_still_acts_after_thousands_of_episodes(tmp_path: Path) -> None:
+    """AMC's exploration width decays per episode (0.95 per episode here); in float32 it
+    reached 0 past ~2,000 episodes, and a policy saturated at an action bound then asked
+    scipy for a truncated normal on (0/0, 0/0), a domain error (so a resumed run crashed
+    too). The width stops at a floor: episode 5,000 acts at the policy's action, within
+    the bounds, and its checkpoint resumes to the same actions."""
+    import torch
+
+    space = make_space(LayerRatioSpace)
+    settings = {"population": 4, "warmup": 4, "batch_size": 8}
+    amc = make("amc", space, seed=0, **settings)
+    with torch.no_grad():  # the actor's last layer saturates its tanh at +1
+        amc.agent.actor.mu[-2].bias.fill_(50.0)  # type: ignore[attr-defined]
+    amc.episodes = 5_000  # type: ignore[attr-defined]
+    observations = np.asarray(amc.envs.reset())  # type: ignore[attr-defined]
+    actions = amc._actions(observations)  # type: ignore[attr-defined]
+    assert (actions <= 1.0).all() and (actions > 1.0 - 1e-4).all()
+    genomes = amc.ask(4)
+    assert genomes.shape == (4, space.dim) and np.isfinite(genomes).all()
+    RunDir(tmp_path).save_checkpoint({"amc": amc.state_dict()})
+    resumed = make("amc", space, seed=9, **settings)
+    resumed.load_state_dict(RunDir(tmp_path).load_checkpoint()["amc"])
+    assert np.array_equal(resumed.ask(4), amc.ask(4))

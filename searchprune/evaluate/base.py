@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,58 @@ class Evaluator(ABC):
             )
             for i in range(len(repaired))
         ]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The cache and the count scored, as arrays (checkpointed every generation, so
+        its size stays a few numbers per entry), so a resumed run answers from the cache
+        exactly the genomes an uninterrupted run would (same ``cached`` flags, same unique
+        evaluations)."""
+        keys, evaluations = list(self._cache), list(self._cache.values())
+        names = list(dict.fromkeys(name for e in evaluations for name in e.metrics))
+        values = np.full((len(keys), len(names)), np.nan)
+        present = np.zeros((len(keys), len(names)), dtype=bool)
+        for row, evaluation in enumerate(evaluations):
+            for column, name in enumerate(names):
+                if name in evaluation.metrics:
+                    values[row, column] = evaluation.metrics[name]
+                    present[row, column] = True
+        width = len(keys[0]) if keys else 0
+        return {
+            "scored": self.scored,
+            "keys": np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), width),
+            "fitness": np.array([e.fitness for e in evaluations], dtype=np.float64),
+            "metric_names": names,
+            "metrics": values,
+            "present": present,
+            "errors": {str(row): e.error for row, e in enumerate(evaluations) if e.error},
+            # metrics whose keys come in another order than ``metric_names`` (history
+            # lines list them in their order)
+            "orders": {
+                str(row): list(e.metrics)
+                for row, e in enumerate(evaluations)
+                if list(e.metrics) != [name for name in names if name in e.metrics]
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        keys, fitness, names = state["keys"], state["fitness"], state["metric_names"]
+        values, present, errors = state["metrics"], state["present"], state["errors"]
+        column = {name: index for index, name in enumerate(names)}
+        if not len(keys) == len(fitness) == len(values) == len(present):
+            raise ValueError(f"{len(keys)} cached genomes for {len(fitness)} evaluations")
+        self.scored = int(state["scored"])
+        self._cache = {
+            key.tobytes(): Evaluation(
+                float(fitness[row]),
+                {
+                    name: float(values[row, column[name]])
+                    for name in state["orders"].get(str(row), names)
+                    if present[row, column[name]]
+                },
+                errors.get(str(row)),
+            )
+            for row, key in enumerate(keys)
+        }
 
     @abstractmethod
     def _score(self, genomes: np.ndarray, labels: list[str]) -> list[Evaluation]:

@@ -3,13 +3,13 @@
 The covariance matrix adaptation evolution strategy samples ``population`` ratio
 vectors from a Gaussian, and moves and reshapes the Gaussian toward the best of them.
 It is told each sample's fitness, measured on the sample's repaired genome; bounds come
-from the space. ``cma`` draws from numpy's global random state: this searcher swaps in
-its own state around every call, so runs are reproducible and checkpointable.
+from the space. ``cma`` would draw from numpy's global random state: this searcher hands
+it the ``randn`` of its own RandomState instead, so runs are reproducible and
+checkpointable.
 """
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import cma
@@ -28,7 +28,13 @@ class CMAESParams(SearcherParams):
 
 class CMAESSearch(RoundSearcher):
     """CMA-ES in ask/tell form, one generation per round; see the module docstring. The
-    strategy is told the genomes it sampled (not their repaired versions)."""
+    strategy is told the genomes it sampled (not their repaired versions).
+
+    Checkpoints hold plain data: the seed and every closed generation's scores. Loading
+    one rebuilds the strategy from the seed and replays each generation (ask, then tell
+    the saved scores): the strategy draws only from this searcher's own RandomState, so
+    the replay reaches the same state, which is checked against the saved RandomState.
+    """
 
     Params = CMAESParams
     params: CMAESParams
@@ -37,6 +43,12 @@ class CMAESSearch(RoundSearcher):
 
     def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
         super().__init__(space, params, seed)
+        self._start(seed)
+
+    def _start(self, seed: int) -> None:
+        """A fresh strategy, drawing from a RandomState seeded with ``seed``."""
+        space = self.space
+        self._seed = seed
         self._numpy_random = np.random.RandomState(seed)
         span = float(np.max(space.upper - space.lower))
         options = {
@@ -50,6 +62,7 @@ class CMAESSearch(RoundSearcher):
         self.es = cma.CMAEvolutionStrategy(start.tolist(), self.params.sigma * span, options)
         self._genomes = np.zeros((0, space.dim))
         self._scores = np.zeros(0)
+        self._told: list[np.ndarray] = []  # every closed generation's scores
 
     def _round(self) -> tuple[np.ndarray, np.ndarray]:
         if len(self._genomes) == 0:
@@ -59,18 +72,35 @@ class CMAESSearch(RoundSearcher):
 
     def _close_round(self) -> None:
         self.es.tell(list(self._genomes), (-self._scores).tolist())  # cma minimizes
+        self._told.append(self._scores.copy())
         self._genomes = np.zeros((0, self.space.dim))
 
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            # one pickle keeps the strategy bound to this searcher's RandomState
-            "es": pickle.dumps((self.es, self._numpy_random)),
-            "genomes": self._genomes.copy(),
+            "seed": self._seed,
+            "told": np.array(self._told).reshape(len(self._told), self.params.population),
+            "open_round": len(self._genomes) > 0,
             "scores": self._scores.copy(),
+            "numpy_random": self._numpy_random.get_state(legacy=False),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.es, self._numpy_random = pickle.loads(state["es"])
-        self._genomes, self._scores = state["genomes"].copy(), state["scores"].copy()
+        self._start(int(state["seed"]))
+        for scores in state["told"]:
+            self._round()
+            self._scores = np.array(scores, dtype=np.float64)
+            self._close_round()
+        if state["open_round"]:
+            self._round()
+            self._scores = np.array(state["scores"], dtype=np.float64)
+        replayed, saved = self._numpy_random.get_state(legacy=False), state["numpy_random"]
+        same = np.array_equal(replayed["state"]["key"], saved["state"]["key"]) and all(
+            replayed[k] == saved[k] for k in ("has_gauss", "gauss")
+        )
+        if not (same and replayed["state"]["pos"] == saved["state"]["pos"]):
+            raise ValueError(
+                "the CMA-ES checkpoint does not replay to its saved random state (was it "
+                "written with another version of the cma package?)"
+            )

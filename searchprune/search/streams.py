@@ -30,13 +30,27 @@ class GlobalStreams:
         self.numpy = np.random.RandomState(seed)
         self.torch = torch.Generator().manual_seed(seed).get_state()
 
+    @classmethod
+    def capture(cls) -> GlobalStreams:
+        """The process's global generators as they are now (a run's checkpoint keeps them,
+        so that code drawing from them, a user's fitness say, continues exactly)."""
+        streams = cls(0)
+        streams.python.setstate(random.getstate())
+        streams.numpy.set_state(np.random.get_state())
+        streams.torch = torch.get_rng_state()
+        return streams
+
+    def install(self) -> None:
+        """Set the process's global generators to these states."""
+        random.setstate(self.python.getstate())
+        np.random.set_state(self.numpy.get_state())
+        torch.set_rng_state(self.torch)
+
     @contextmanager
     def active(self) -> Iterator[None]:
         """Swap this searcher's states into the global generators, and back out."""
         outer = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        random.setstate(self.python.getstate())
-        np.random.set_state(self.numpy.get_state())
-        torch.set_rng_state(self.torch)
+        self.install()
         try:
             yield
         finally:

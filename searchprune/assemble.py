@@ -22,7 +22,7 @@ from torch import Tensor
 from searchprune.config import Config, ConfigError
 from searchprune.fitness import LATENCY_FITNESSES, resolve_fitness
 from searchprune.latency import LatencyModel
-from searchprune.problem import Problem
+from searchprune.problem import Fidelity, Problem
 from searchprune.registry import is_import_path
 from searchprune.tasks import TASKS, Task, score_model
 
@@ -85,7 +85,7 @@ def build_task(config: Config) -> Task:
 def build_problem(config: Config, task: Task, latency: LatencyModel | None = None) -> Problem:
     """The problem a config describes, over ``task`` (whose test split it drops);
     ``latency`` is a latency curve measured before, reused instead of timing again."""
-    space = config.space
+    space, fidelity = config.space, config.evaluator.fidelity
     return Problem(
         task,
         budget=config.budget_spec,
@@ -104,6 +104,9 @@ def build_problem(config: Config, task: Task, latency: LatencyModel | None = Non
         channels_last=config.evaluator.channels_last,
         predict_latency=config.fitness.predict_latency or config.fitness.name in LATENCY_FITNESSES,
         latency=latency,
+        space_settings=space.options,
+        fidelity=Fidelity(**fidelity.model_dump()) if fidelity is not None else None,
+        selection_samples=config.selection.samples if config.selection.top_k else 0,
     )
 
 

@@ -44,6 +44,7 @@ from searchprune.report import (
     final_test_split,
     latency_section,
     mask_figures,
+    test_accuracy,
     write_report,
 )
 from searchprune.rundir import RunDir
@@ -87,7 +88,8 @@ def build_evaluator(config: Config, problem: Problem, budget_mode: BudgetMode) -
 def check_names(config: Config) -> None:
     """Fail fast, before any training, on names no registry knows."""
     from searchprune.criteria import CRITERIA
-    from searchprune.space import SPACES
+    from searchprune.search.warm import check_warm_start
+    from searchprune.space import SPACES, check_space_settings
 
     checks: list[tuple[Any, str]] = [
         (TASKS, config.task.name),
@@ -104,6 +106,11 @@ def check_names(config: Config) -> None:
             method_class(config.method.name)
         for name in config.baselines:
             baseline_method(name)
+        check_space_settings(config.space.name, config.space.options)
+        extra = (config.searcher.model_extra or {}) if config.searcher is not None else {}
+        warm_start = extra.get("warm_start")
+        if isinstance(warm_start, list):  # a wrong type is named when the searcher is built
+            check_warm_start(warm_start)
     except SpecError as error:
         raise ConfigError(str(error)) from None
 
@@ -119,8 +126,25 @@ class LoopState:
     best_genome: np.ndarray | None = None
     best_index: int = -1
     best_metrics: dict[str, float] = field(default_factory=dict)
+    unique: int = 0  # evaluations the cache did not answer
+    repeat_rounds: int = 0  # rounds in a row that scored nothing new
+    stopped: str = ""  # why the search stopped early, when a guard stopped it
+    top: list[list[Any]] = field(default_factory=list)  # [fitness, index, genome, metrics]
 
-    def update(self, index: int, result: Result) -> None:
+    def spent(self, count: str) -> int:
+        """Evaluations spent, as ``run.count`` counts them."""
+        return self.unique if count == "unique" else self.evals
+
+    def update(self, index: int, result: Result, keep: int = 0) -> None:
+        """Count ``result``; make it the best (and keep it among the ``keep`` best) when
+        it was scored on all of val (a multi-fidelity shard score never is)."""
+        if not result.cached:
+            self.unique += 1
+        if result.evaluation.metrics.get("fidelity", 1.0) < 1.0:
+            return
+        if keep and not result.cached:
+            entry = [result.fitness, index, result.genome.copy(), dict(result.evaluation.metrics)]
+            self.top = sorted([*self.top, entry], key=lambda item: -item[0])[:keep]
         if result.fitness > self.best_fitness:
             self.best_fitness = result.fitness
             self.best_genome = result.genome.copy()
@@ -193,7 +217,7 @@ def _genome_record(genome: np.ndarray) -> list[float] | str:
     return [round(float(g), 6) for g in genome]
 
 
-def _history_line(index: int, result: Result, best: float) -> str:
+def _history_line(index: int, result: Result, best: float, seeded: str | None = None) -> str:
     row: dict[str, Any] = {
         "eval": index,
         "fitness": result.fitness,
@@ -202,6 +226,8 @@ def _history_line(index: int, result: Result, best: float) -> str:
         "cached": result.cached,
         "genome": _genome_record(result.genome),
     }
+    if seeded is not None:
+        row["seeded"] = seeded
     if result.evaluation.error:
         row["error"] = result.evaluation.error
     return json.dumps(row)
@@ -236,20 +262,23 @@ def search_loop(
         interrupts.deferred if interrupts is not None else nullcontext
     )
     started = time.perf_counter() - state.elapsed
+    searcher.attach_novelty(evaluator.novel)
     bar = tqdm(
         total=run.max_evals,
-        initial=state.evals,
+        initial=state.spent(run.count),
         disable=not run.progress,
         desc=config.method_name,
         unit="eval",
         dynamic_ncols=True,
     )
-    while state.evals < run.max_evals:
+    while state.spent(run.count) < run.max_evals and not state.stopped:
         if run.max_seconds is not None and time.perf_counter() - started >= run.max_seconds:
             break
         if run.target_fitness is not None and state.best_fitness >= run.target_fitness:
             break
-        genomes = searcher.ask(min(searcher.batch_size, run.max_evals - state.evals))
+        before = state.spent(run.count)
+        genomes = searcher.ask(min(searcher.batch_size, run.max_evals - before))
+        seeded = searcher.seeded(genomes)
         results = evaluator.evaluate(genomes, first_index=state.evals)
         with commit():
             searcher.tell(
@@ -258,17 +287,33 @@ def search_loop(
                 [r.evaluation.metrics for r in results],
             )
             lines = []
-            for result in results:
-                state.update(state.evals, result)
-                lines.append(_history_line(state.evals, result, state.best_fitness))
+            for result, label in zip(results, seeded, strict=True):
+                state.update(state.evals, result, config.selection.top_k)
+                lines.append(_history_line(state.evals, result, state.best_fitness, label))
                 state.evals += 1
+            _guard_repeats(state, results, run.max_repeat_rounds)
             run_dir.append_history(lines)
             state.elapsed = time.perf_counter() - started
             run_dir.save_checkpoint(_checkpoint(state, searcher, evaluator))
-        bar.update(len(results))
+        bar.update(state.spent(run.count) - before)
         bar.set_postfix(best=f"{state.best_fitness:.4f}", refresh=False)
     bar.close()
     return state
+
+
+def _guard_repeats(state: LoopState, results: list[Result], limit: int) -> None:
+    """Count rounds in a row that scored nothing new; at ``limit`` such rounds, mark the
+    search stopped (a space this nearly exhausted would loop on cache hits for ever)."""
+    if any(not result.cached for result in results):
+        state.repeat_rounds = 0
+        return
+    state.repeat_rounds += 1
+    if state.repeat_rounds >= limit:
+        state.stopped = (
+            f"stopped after {limit} rounds in a row that proposed only candidates already "
+            f"scored ({state.unique} unique of {state.evals} evaluations): the space is "
+            "(nearly) exhausted at this budget; raise run.max_repeat_rounds to keep trying"
+        )
 
 
 # ------------------------------------------------------------------- finishing
@@ -300,12 +345,15 @@ def finish(
     front: list[FrontMember] | None = None,
     best_problem: Problem | None = None,
     method_info: dict[str, Any] | None = None,
+    selection: tuple[dict[str, Any], MaskSet] | None = None,
 ) -> dict[str, Any]:
     """Score the best masks and the baselines on val and test; write the report.
 
     ``best_problem`` scores the best masks when they belong to another model than
     ``problem``'s (a training-time method's trained copy); dense figures and baselines
-    always come from ``problem``'s original model.
+    always come from ``problem``'s original model. ``selection`` is the summary's
+    ``selection`` section and the val best's masks, whose test accuracy it adds when
+    the re-scored pick is another candidate.
     """
     test = final_test_split(task, problem)
     masks, evaluation = best
@@ -341,6 +389,14 @@ def finish(
     }
     if method_info:
         summary["method_info"] = method_info
+    if state.stopped:
+        summary["stopped"] = state.stopped
+        echo(state.stopped)
+    if selection is not None:
+        section, val_best = selection
+        if section["changed"]:
+            section["val_best_test_accuracy"] = test_accuracy(problem, val_best, test)
+        summary["selection"] = section
     if problem.latency is not None:
         summary["latency_model"] = latency_section(problem)
     echo(write_report(run_dir, summary, densities, front or []))
@@ -497,8 +553,57 @@ def _search_to_report(
             raise
     if state.best_genome is None:
         raise RuntimeError("the run ended before any candidate was evaluated")
-    best_masks = problem.space.decode(state.best_genome)
+    val_best = problem.space.decode(state.best_genome)
+    best_masks, selection = val_best, None
+    if config.selection.top_k:
+        selection, picked = _select(problem, state)
+        state = replace(state, **picked)
+        best_masks = problem.space.decode(picked["best_genome"])
     best_eval = Evaluation(state.best_fitness, state.best_metrics)
     return finish(
-        config, task, problem, (best_masks, best_eval), state, run_dir, echo, searcher.front()
+        config,
+        task,
+        problem,
+        (best_masks, best_eval),
+        state,
+        run_dir,
+        echo,
+        searcher.front(),
+        selection=(selection, val_best) if selection is not None else None,
     )
+
+
+def _select(problem: Problem, state: LoopState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Re-score the top candidates on the selection split and pick the one with the best
+    fitness over val and selection samples together (a mean weighted by sample count):
+    a larger sample than val alone, so a candidate that val ranks first by chance is less
+    often picked. Returns the summary's ``selection`` section and the pick's
+    :class:`LoopState` fields."""
+    genomes = np.stack([entry[2] for entry in state.top])
+    rescored = problem.score(genomes, [f"#{entry[1]}" for entry in state.top], "selection")
+    assert problem.selection is not None
+    n_val, n_selection = len(problem.val), len(problem.selection)
+    pooled = [
+        (n_val * entry[0] + n_selection * evaluation.fitness) / (n_val + n_selection)
+        for entry, evaluation in zip(state.top, rescored, strict=True)
+    ]
+    pick = int(np.argmax(pooled))
+    fitness, index, genome, metrics = state.top[pick]
+    picked = {"best_fitness": fitness, "best_genome": genome, "best_index": index}
+    section = {
+        "top_k": len(state.top),
+        "samples": n_selection,
+        "val_best_index": state.top[0][1],
+        "picked_index": index,
+        "changed": pick != 0,
+        "candidates": [
+            {
+                "eval": entry[1],
+                "val_fitness": entry[0],
+                "selection_fitness": evaluation.fitness,
+                "pooled_fitness": value,
+            }
+            for entry, evaluation, value in zip(state.top, rescored, pooled, strict=True)
+        ],
+    }
+    return section, {**picked, "best_metrics": metrics}

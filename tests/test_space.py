@@ -15,7 +15,16 @@ from searchprune.core.layers import discover_layers
 from searchprune.core.stats import mask_stats
 from searchprune.core.units import CostModel
 from searchprune.criteria.weight_only import magnitude
-from searchprune.space import BinarySpace, BudgetError, LayerRatioSpace
+from searchprune.registry import SpecError
+from searchprune.space import (
+    BinarySpace,
+    BudgetError,
+    DepthScheduleSpace,
+    LayerRatioSpace,
+    ReferenceRatioSpace,
+    check_space_settings,
+    space_settings,
+)
 from searchprune.tasks.base import Task
 from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet
 
@@ -34,7 +43,7 @@ _DUMMY = Task(
 
 
 def _space(
-    kind: type, model: str, granularity: str, budget: Budget, **bounds: float
+    kind: type, model: str, granularity: str, budget: Budget, **bounds: object
 ) -> LayerRatioSpace:
     layers, graph = _STRUCTURES[model]
     scores = magnitude(_MODELS[model], [layer for layer in layers if layer.prunable], _DUMMY)
@@ -170,3 +179,86 @@ def test_budget_values_are_checked() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         Budget.from_mapping({"sparsity": 0.5, "flops": 0.5})
     assert nn  # keep the torch.nn import for type names in helpers
+
+
+# ------------------------------------------------------ spaces that scale with depth
+@settings(max_examples=30, deadline=None)
+@given(
+    model=st.sampled_from(["cnn", "resnet"]),
+    budget=budgets,
+    seed=st.integers(0, 2**31),
+    knots=st.integers(2, 5),
+)
+def test_depth_schedules_repair_onto_the_budget(
+    model: str, budget: Budget, seed: int, knots: int
+) -> None:
+    try:
+        space = _space(DepthScheduleSpace, model, "channel", budget, knots=knots)
+    except BudgetError:
+        return
+    assert space.dim == knots
+    genomes = space.sample(np.random.default_rng(seed), 6)
+    for mode in ("exact", "bound"):
+        repaired = space.repair(genomes, mode)
+        for before, after in zip(genomes, repaired, strict=True):
+            removed = space.removed(after)[0]
+            assert _met(space, removed)
+            if mode == "bound" and _met(space, space.removed(before)[0]):
+                assert np.array_equal(before, after)  # within the budget: left alone
+
+
+def test_depth_schedule_interpolates_knots_over_depth() -> None:
+    space = _space(DepthScheduleSpace, "resnet", "channel", Budget("flops", 0.5), knots=3)
+    np.testing.assert_allclose(space.interpolation.sum(axis=1), 1.0)
+    assert space.depth.min() == 0.0 and space.depth.max() == 1.0
+    flat = space.removed(np.array([[0.25, 0.25, 0.25]]))[0]
+    np.testing.assert_array_equal(flat, np.clip(np.round(0.25 * space.cost.sizes), 0, None))
+    rising = space.removed(np.array([[0.05, 0.3, 0.6]]))[0] / space.cost.sizes
+    order = np.argsort(space.depth)
+    assert np.all(np.diff(rising[order]) >= -0.5 / space.cost.sizes[order][1:])  # rises with depth
+    encoded = space.encode(space.decode(np.array([0.05, 0.3, 0.6])))
+    np.testing.assert_allclose(encoded, [0.05, 0.3, 0.6], atol=0.05)
+
+
+def test_reference_ratios_search_a_box_around_the_global_allocation() -> None:
+    budget = Budget("flops", 0.5)
+    space = _space(ReferenceRatioSpace, "resnet", "channel", budget, width=0.1)
+    plain = _space(LayerRatioSpace, "resnet", "channel", budget)
+    scores = np.concatenate([s.numpy() for s in plain.unit_scores])
+    owner = np.concatenate([np.full(len(s), u) for u, s in enumerate(plain.unit_scores)])
+    removed = space.reference * space.cost.sizes
+    threshold = max(  # the global threshold: every removed score is below every kept one
+        float(np.sort(scores[owner == u])[int(k) - 1]) for u, k in enumerate(removed) if k
+    )
+    kept_scores = [
+        np.sort(scores[owner == u])[int(k) :] for u, k in enumerate(removed)
+    ]
+    assert all((part > threshold).all() for part in kept_scores if len(part))
+    assert _met(space, removed)
+    np.testing.assert_allclose(space.lower, np.maximum(plain.lower, space.reference - 0.1))
+    np.testing.assert_allclose(space.upper, np.minimum(plain.upper, space.reference + 0.1))
+    repaired = space.repair(space.sample(np.random.default_rng(0), 32))
+    assert np.all(repaired >= space.lower - 1e-9) and np.all(repaired <= space.upper + 1e-9)
+    assert all(_met(space, space.removed(g)[0]) for g in repaired)
+
+
+def test_a_droppable_unit_may_be_removed_whole() -> None:
+    budget = Budget("flops", 0.5)
+    droppable = np.array([False, True, True, False])
+    space = _space(LayerRatioSpace, "resnet", "channel", budget, droppable=droppable)
+    sizes = space.cost.sizes
+    np.testing.assert_array_equal(space.upper, [0.9, 1.0, 1.0, 0.9])
+    np.testing.assert_array_equal(space.repairer.k_max, np.where(droppable, sizes, np.floor(0.9 * sizes)))
+    capped = _space(LayerRatioSpace, "resnet", "channel", budget, droppable=droppable, max_ratio=1.0)
+    np.testing.assert_array_equal(capped.repairer.k_max, np.where(droppable, sizes, sizes - 1))
+
+
+def test_space_settings_are_named_when_wrong() -> None:
+    assert space_settings("reference-ratios") == ["width"]
+    assert space_settings("depth-schedule") == ["knots"]
+    with pytest.raises(SpecError, match="space.knots: the layer-ratios space has no setting"):
+        check_space_settings("layer-ratios", {"knots": 3})
+    with pytest.raises(SpecError, match="space.width=0"):
+        _space(ReferenceRatioSpace, "cnn", "channel", Budget("flops", 0.5), width=0.0)
+    with pytest.raises(SpecError, match="space.knots=1"):
+        _space(DepthScheduleSpace, "cnn", "channel", Budget("flops", 0.5), knots=1)

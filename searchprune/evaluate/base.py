@@ -61,7 +61,8 @@ class Evaluator(ABC):
             )
         repaired = self.problem.space.repair(batch, self.budget_mode)
         keys = [genome.tobytes() for genome in repaired]
-        todo = [i for i, key in enumerate(keys) if not (self.use_cache and key in self._cache)]
+        new = self._new(keys)
+        todo = [i for i in range(len(keys)) if new[i]]
         fresh: dict[int, Evaluation] = {}
         if todo:
             labels = [f"#{first_index + i}" for i in todo]
@@ -76,6 +77,26 @@ class Evaluator(ABC):
             )
             for i in range(len(repaired))
         ]
+
+    def _new(self, keys: Sequence[bytes]) -> np.ndarray:
+        """Which repaired genomes (by their bytes) need scoring: with the cache on, those
+        neither scored before nor equal to an earlier one in the batch (a duplicate is
+        answered from the cache, for free); with it off, all of them."""
+        if not self.use_cache:
+            return np.ones(len(keys), dtype=bool)
+        batch: set[bytes] = set()
+        new = np.zeros(len(keys), dtype=bool)
+        for i, key in enumerate(keys):
+            new[i] = key not in self._cache and key not in batch
+            batch.add(key)
+        return new
+
+    def novel(self, genomes: np.ndarray) -> np.ndarray:
+        """For unrepaired genomes ``(P, dim)``: whether each, once repaired, would be a new
+        (unique) evaluation; searchers redraw the others (:meth:`Searcher.redraw_novel
+        <searchprune.search.base.Searcher.redraw_novel>`)."""
+        repaired = self.problem.space.repair(np.asarray(genomes), self.budget_mode)
+        return self._new([genome.tobytes() for genome in repaired])
 
     def state_dict(self) -> dict[str, Any]:
         """The cache and the count scored, as arrays (checkpointed every generation, so

@@ -9,8 +9,8 @@ Batched (parallel-neighbour) moves
     Every round proposes ``population`` neighbours of the current state, so the
     evaluator scores a whole batch per call; the best of them is the round's move, put
     to the Metropolis test once. A round cut short by the evaluation budget is finished
-    by the next ``ask``. The first round is ``population`` random samples of the space,
-    the best of which becomes the current state.
+    by the next ``ask``. The first round is ``population`` random samples of the space
+    (warm-start genomes first, when given), the best of which becomes the current state.
 Scale-free energy
     A fitness change :math:`\\Delta` is measured in units of :math:`s`, the median of
     the last ``scale_window`` non-zero :math:`|\\Delta|` between a neighbour and its
@@ -36,8 +36,8 @@ Cooling over evaluations
 
 Moves: a Gaussian step of ``step`` times each gene's range on every gene
 (``layer-ratios``, clipped to the bounds), or ``flips`` distinct bits flipped
-(``binary``). The current state and the best-ever genome are kept as the *repaired*
-genomes the run loop scores.
+(``binary``); a move that would repeat an evaluation is drawn again. The current state
+and the best-ever genome are kept as the *repaired* genomes the run loop scores.
 """
 
 from __future__ import annotations
@@ -113,6 +113,10 @@ class SimulatedAnnealing(RoundSearcher):
         self.stale = 0  # rounds since the best-ever fitness improved
         self.changes = np.empty(0)  # recent non-zero |fitness change|
 
+    def _use_seeds(self, genomes: np.ndarray) -> None:
+        """Warm-start genomes join the first round, whose best is the starting state."""
+        self.candidates[: len(genomes)] = genomes
+
     # ------------------------------------------------------------- rounds
     def _round(self) -> tuple[np.ndarray, np.ndarray]:
         return self.candidates, self.scores
@@ -153,7 +157,9 @@ class SimulatedAnnealing(RoundSearcher):
             self.stale += 1
         self._cool(len(self.scores), acceptance)
         self.round += 1
-        self.candidates = self._neighbours()
+        self.candidates = self._redraw(
+            self._neighbours(self.params.population), lambda stale: self._neighbours(len(stale))
+        )
 
     def _move_to(self, index: int) -> None:
         self.current = self.candidates[index].copy()
@@ -190,9 +196,9 @@ class SimulatedAnnealing(RoundSearcher):
         self.progress = min(self.progress, self._progress_at(p.reheat_to * p.initial_temperature))
         self.clock = self.progress * p.steps
 
-    def _neighbours(self) -> np.ndarray:
-        """``population`` random moves from the current state."""
-        count, dim = self.params.population, self.space.dim
+    def _neighbours(self, count: int) -> np.ndarray:
+        """``count`` random moves from the current state."""
+        dim = self.space.dim
         if self.space.kind == "binary":
             flips = min(self.params.flips, dim)
             picks = np.argpartition(self.rng.random((count, dim)), flips - 1, axis=1)[:, :flips]

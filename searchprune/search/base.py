@@ -12,7 +12,7 @@ the repaired versions, as AMC's action wall does (He et al. 2018).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -23,6 +23,12 @@ from searchprune.config import describe_errors
 from searchprune.problem import Problem
 from searchprune.registry import Registry, SpecError
 from searchprune.space import SPACES, BudgetMode, Space
+
+REDRAWS = 10
+"""How many times a searcher redraws a genome that would repeat an evaluation."""
+
+DEFAULT_WARM_START = ("magnitude-global", "taylor-global", "magnitude-layer")
+"""The one-shot methods a searcher starts from unless ``searcher.warm_start`` says otherwise."""
 
 
 class SearcherParams(BaseModel):
@@ -35,6 +41,34 @@ class SearcherParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     population: int = Field(32, ge=1, description="genomes proposed per round (generation)")
+    warm_start: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_WARM_START),
+        description="one-shot methods whose allocations (and perturbations of them) seed the "
+        "first round (search.warm); [] starts from random genomes",
+    )
+    warm_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of the first round made of warm-start genomes (at least one per "
+        "method listed)",
+    )
+    warm_sigma: float = Field(
+        0.05,
+        gt=0.0,
+        le=1.0,
+        description="size of the perturbations of warm-start genomes: a fraction of each "
+        "ratio's range, or each bit's flip probability",
+    )
+
+    @property
+    def warm_count(self) -> int:
+        """How many warm-start genomes the first round holds."""
+        if not self.warm_start:
+            return 0
+        return min(
+            self.population, max(len(self.warm_start), round(self.warm_fraction * self.population))
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +102,8 @@ class Searcher(ABC):
         self.space = space
         self.params = params
         self.rng = np.random.default_rng(seed)
+        self.seed_labels: dict[bytes, str] = {}
+        self._novel: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -102,6 +138,54 @@ class Searcher(ABC):
     def front(self) -> list[FrontMember]:
         """The Pareto front found so far (empty for single-objective searchers)."""
         return []
+
+    # ------------------------------------------------------------ duplicates
+    def attach_novelty(self, novel: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Let the searcher tell which genomes would be new evaluations once repaired:
+        ``novel(genomes)`` is the evaluator's :meth:`~searchprune.evaluate.Evaluator.novel`,
+        attached by the run loop (searchers used without it redraw nothing)."""
+        self._novel = novel
+
+    def _redraw(
+        self, genomes: np.ndarray, draw: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray:
+        """``genomes`` with each one that would repeat a scored candidate (or an earlier
+        one of the batch) replaced by ``draw(those genomes)``, up to :data:`REDRAWS`
+        times; one still repeated stays (the cache answers it, for free)."""
+        if self._novel is None:
+            return genomes
+        for _ in range(REDRAWS):
+            stale = ~self._novel(genomes)
+            if not stale.any():
+                break
+            genomes[stale] = draw(genomes[stale])
+        return genomes
+
+    # ---------------------------------------------------------- warm starts
+    def seed_genomes(self, genomes: np.ndarray, labels: Sequence[str]) -> None:
+        """Start the search from ``genomes`` (warm start, :mod:`searchprune.search.warm`),
+        called once before the first :meth:`ask`; ``labels`` name the baseline each comes
+        from, and :meth:`seeded` finds them again among asked genomes."""
+        genomes = self._as_genomes(genomes)
+        if len(genomes) != len(labels):
+            raise ValueError(f"{len(genomes)} warm-start genomes for {len(labels)} labels")
+        self.seed_labels = {
+            genome.tobytes(): label for genome, label in zip(genomes, labels, strict=True)
+        }
+        if len(genomes):
+            self._use_seeds(genomes)
+
+    def _use_seeds(self, genomes: np.ndarray) -> None:  # noqa: B027 (optional hook)
+        """Put warm-start genomes where this searcher starts (its first round, its
+        swarm, its mean); a searcher that does not override it ignores warm starts."""
+
+    def seeded(self, genomes: np.ndarray) -> list[str | None]:
+        """For each asked genome, the warm-start label it was seeded with, or None."""
+        return [self.seed_labels.get(genome.tobytes()) for genome in self._as_genomes(genomes)]
+
+    def _as_genomes(self, genomes: np.ndarray) -> np.ndarray:
+        dtype = bool if self.space.kind == "binary" else np.float64
+        return np.asarray(genomes, dtype=dtype).reshape(-1, self.space.dim)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where this searcher is."""
@@ -172,13 +256,18 @@ class RoundSearcher(Searcher):
 
 SEARCHERS: Registry[type[Searcher]] = Registry("searcher", "searcher.name")
 
+_WARM_STREAM = 0x5EED  # warm-start perturbations draw from their own stream of the seed
+
 
 def make_searcher(
     name: str, space: Space, seed: int = 0, *, problem: Problem | None = None, **params: Any
 ) -> Searcher:
     """Build the searcher registered as ``name``, with its ``params`` validated;
     ``problem`` (whose space ``space`` is) is needed by searchers that see more than the
-    space, such as AMC's environment.
+    space, such as AMC's environment, and for warm starts: with a problem, the
+    ``warm_start`` methods' genomes and perturbations of them
+    (:func:`~searchprune.search.warm.warm_start_genomes`) are handed to
+    :meth:`Searcher.seed_genomes`.
 
     :raises SpecError: naming ``searcher.<key>`` for an unknown or invalid parameter.
     """
@@ -196,6 +285,19 @@ def make_searcher(
     except ValidationError as error:
         raise SpecError(describe_errors(error, "searcher", cls.Params, name)) from None
     try:
-        return cls.create(space, validated, seed, problem)
+        searcher = cls.create(space, validated, seed, problem)
     except ValueError as error:
         raise SpecError(str(error)) from None
+    if problem is not None and validated.warm_count:
+        from searchprune.search.warm import warm_start_genomes
+
+        start = warm_start_genomes(
+            problem,
+            validated.warm_start,
+            np.random.default_rng([seed, _WARM_STREAM]),
+            validated.warm_count,
+            validated.warm_sigma,
+            seed,
+        )
+        searcher.seed_genomes(start.genomes, start.labels)
+    return searcher

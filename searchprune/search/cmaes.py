@@ -3,9 +3,10 @@
 The covariance matrix adaptation evolution strategy samples ``population`` ratio
 vectors from a Gaussian, and moves and reshapes the Gaussian toward the best of them.
 It is told each sample's fitness, measured on the sample's repaired genome; bounds come
-from the space. ``cma`` would draw from numpy's global random state: this searcher hands
-it the ``randn`` of its own RandomState instead, so runs are reproducible and
-checkpointable.
+from the space. Warm-start genomes, when given, set the starting mean (the first one)
+and are injected into the first generation. ``cma`` would draw from numpy's global
+random state: this searcher hands it the ``randn`` of its own RandomState instead, so
+runs are reproducible and checkpointable.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ class CMAESSearch(RoundSearcher):
 
     def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
         super().__init__(space, params, seed)
+        self._warm = np.zeros((0, space.dim))
         self._start(seed)
+
+    def _use_seeds(self, genomes: np.ndarray) -> None:
+        """Start the mean at the first warm-start genome and inject them all into the
+        first generation (restarting the strategy, which has not asked yet)."""
+        self._warm = genomes
+        self._start(self._seed)
 
     def _start(self, seed: int) -> None:
         """A fresh strategy, drawing from a RandomState seeded with ``seed``."""
@@ -58,8 +66,10 @@ class CMAESSearch(RoundSearcher):
             "randn": self._numpy_random.randn,
             "verbose": -9,
         }
-        start = (space.lower + space.upper) / 2
+        start = self._warm[0] if len(self._warm) else (space.lower + space.upper) / 2
         self.es = cma.CMAEvolutionStrategy(start.tolist(), self.params.sigma * span, options)
+        if len(self._warm):
+            self.es.inject(list(self._warm[: self.params.population]), force=True)
         self._genomes = np.zeros((0, space.dim))
         self._scores = np.zeros(0)
         self._told: list[np.ndarray] = []  # every closed generation's scores
@@ -68,6 +78,10 @@ class CMAESSearch(RoundSearcher):
         if len(self._genomes) == 0:
             self._genomes = np.array(self.es.ask(), dtype=np.float64)
             self._scores = np.zeros(len(self._genomes))
+            if not self._told and len(self._warm):  # cma moves injected genes off the bounds
+                labels = [self.seed_labels[genome.tobytes()] for genome in self._warm]
+                for genome, label in zip(self._genomes, labels, strict=False):
+                    self.seed_labels[genome.tobytes()] = label
         return self._genomes, self._scores
 
     def _close_round(self) -> None:

@@ -3,11 +3,13 @@
 Generational GA with elitism (De Jong 1975): tournament or fitness-proportionate
 (roulette) selection, crossover and mutation produce ``population - elites`` children;
 the ``elites`` best individuals seen so far (a hall of fame) are copied unchanged into
-the next generation. Only children that crossover or mutation changed are evaluated.
+the next generation. Only children that crossover or mutation changed are evaluated,
+and a changed child that would repeat a scored candidate is mutated again.
 Over the ``binary`` space this is GA channel pruning in the spirit of Hu et al. 2018
 (roulette selection, elitism); over ``layer-ratios`` it searches per-layer pruning
 ratios with blend (Eshelman & Schaffer 1993) or simulated binary crossover and Gaussian
-or polynomial mutation (Deb & Agrawal 1995).
+or polynomial mutation (Deb & Agrawal 1995). Warm-start genomes, when given, take the
+first places of the initial population (the rest is sampled).
 
 DEAP's operators draw from Python's global ``random``; this searcher swaps in its own
 ``random.Random`` state around every call, so runs are reproducible and checkpointable
@@ -117,6 +119,11 @@ class GeneticSearch(Searcher):
         self.hall = tools.HallOfFame(max(getattr(p, "elites", 1), 1))
         self.pending: list[_Individual] = []
         self._asked = 0
+        self._seeds: list[list[Any]] = []
+
+    def _use_seeds(self, genomes: np.ndarray) -> None:
+        """Warm-start genomes take the first places of generation 0."""
+        self._seeds = genomes.tolist()
 
     def _check_params(self) -> None:
         p = self.params
@@ -188,7 +195,27 @@ class GeneticSearch(Searcher):
         if self.space.kind == "real":
             for child in children:
                 child[:] = np.clip(child, self.space.lower, self.space.upper).tolist()
+        changed = [child for child in children if not child.fitness.valid]
+        if changed:
+            genomes = self._redraw(self._genomes(changed), self._remutate)
+            for child, genome in zip(changed, genomes.tolist(), strict=True):
+                child[:] = genome
         return children
+
+    def _genomes(self, individuals: Sequence[list[Any]]) -> np.ndarray:
+        dtype = bool if self.space.kind == "binary" else np.float64
+        return np.array([list(ind) for ind in individuals], dtype=dtype)
+
+    def _remutate(self, stale: np.ndarray) -> np.ndarray:
+        """The children in ``stale`` (which repeat scored candidates), mutated again."""
+        mutants = [_Individual(genome, self.weights) for genome in stale.tolist()]
+        with self._streams.active():
+            for mutant in mutants:
+                self._mutation(mutant)
+        genomes = self._genomes(mutants)
+        if self.space.kind == "real":
+            genomes = np.clip(genomes, self.space.lower, self.space.upper)
+        return genomes
 
     def _unscored(self) -> list[_Individual]:
         return [ind for ind in self.pending if not ind.fitness.valid]
@@ -196,10 +223,9 @@ class GeneticSearch(Searcher):
     def ask(self, n: int) -> np.ndarray:
         if not self.pending:
             if self.generation == 0:
-                self.pending = [
-                    _Individual(g, self.weights)
-                    for g in self.space.sample(self.rng, self.params.population).tolist()
-                ]
+                first = self.space.sample(self.rng, self.params.population).tolist()
+                first[: len(self._seeds)] = self._seeds
+                self.pending = [_Individual(g, self.weights) for g in first]
             else:
                 self.pending = self._breed()
         unscored = self._unscored()
@@ -208,8 +234,7 @@ class GeneticSearch(Searcher):
             return self.ask(n)
         batch = unscored[:n]
         self._asked = len(batch)
-        dtype = bool if self.space.kind == "binary" else np.float64
-        return np.array([list(ind) for ind in batch], dtype=dtype)
+        return self._genomes(batch)
 
     def tell(
         self,

@@ -33,7 +33,8 @@ CEC); ``global`` takes the best of the whole swarm.
 Personal bests are kept as the *repaired* genomes the run loop scores. A round cut short
 by the evaluation budget is finished by the next ``ask`` before the swarm moves.
 Velocities start uniform in :math:`\\pm v_{max}` (real) or at 0 (binary, whose first
-bits are drawn by the space's sampler).
+bits are drawn by the space's sampler); warm-start genomes, when given, are the first
+particles' starting positions.
 """
 
 from __future__ import annotations
@@ -95,6 +96,11 @@ class ParticleSwarmSearch(RoundSearcher):
         self.scores = np.full(p.population, -np.inf)
         self.best_positions = self.positions.copy()
         self.best_scores = np.full(p.population, -np.inf)
+
+    def _use_seeds(self, genomes: np.ndarray) -> None:
+        """Warm-start genomes are the first particles' starting positions."""
+        self.positions[: len(genomes)] = genomes
+        self.best_positions = self.positions.copy()
 
     # ------------------------------------------------------------- rounds
     def _round(self) -> tuple[np.ndarray, np.ndarray]:

@@ -99,7 +99,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor], int]] = {
             num_classes=10,
         ),
         _images(32),
-        2,
+        4,
     ),
     "transformer_lm": (TinyLanguageModel, lambda: torch.randint(0, 50, (2, 12)), 2),
 }
@@ -182,5 +182,26 @@ def test_weight_search_and_compact_export(name: str) -> None:
     nonzero_macs = sum(
         int(layer.weight(small).count_nonzero()) * layer.positions for layer in problem.layers
     )
-    assert stats["flops"] == nonzero_macs + problem.graph.other_flops
+    attention = sum(len(positions) * macs for positions, macs in problem.graph.products)
+    assert stats["flops"] == nonzero_macs + attention + problem.graph.other_flops
     assert stats["sparsity"] >= 0.5 - 1e-9
+
+
+def test_attention_heads_leave_whole_and_the_module_is_told() -> None:
+    """timm's Attention: a head's q, k and v rows and its proj columns are one element;
+    compact sets the module's head count and width."""
+    problem, x = _problem("vit", Budget("flops", 0.5), "channel")
+    heads = [unit for unit in problem.cost.units if unit.layers == ("blocks.0.attn.qkv",)]
+    assert len(heads) == 1 and heads[0].size == 3  # vit_tiny: 3 heads of 64
+    assert np.bincount(heads[0].element_of["blocks.0.attn.qkv"]).tolist() == [3 * 64] * 3
+    keep = [torch.ones(unit.size, dtype=torch.bool) for unit in problem.cost.units]
+    keep[problem.cost.units.index(heads[0])] = torch.tensor([True, False, True])
+    masks = problem.cost.channel_masks(keep)
+    small = compact(problem.model, masks, problem.layers, problem.graph)
+    attention = small.get_submodule("blocks.0.attn")
+    assert (attention.num_heads, attention.attn_dim) == (2, 128)
+    assert attention.qkv.out_features == 3 * 128 and attention.proj.in_features == 128
+    with problem.masked(masks) as masked, torch.no_grad():
+        expected = masked(x)
+    with torch.no_grad():
+        check_outputs(small(x), expected, "vit without a head")

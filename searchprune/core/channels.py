@@ -259,9 +259,9 @@ def arg(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
     return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
 
 
-def fixed_sizes(node: fx.Node, name: str, ndim: int) -> set[int]:
+def fixed_sizes(node: fx.Node, name: str, ndim: int) -> dict[int, int]:
     """Output dims of a view/reshape/expand whose size is a constant in the code (not
-    ``-1`` and not computed from a tensor's shape)."""
+    ``-1`` and not computed from a tensor's shape), with that size."""
     if name in ("view", "reshape", "expand"):
         sizes: list[Any] = list(node.args[1:])
         if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
@@ -269,17 +269,19 @@ def fixed_sizes(node: fx.Node, name: str, ndim: int) -> set[int]:
         if not sizes:
             sizes = list(node.kwargs.get("shape", node.kwargs.get("size", [])))  # type: ignore[arg-type]
         if len(sizes) != ndim:
-            return set()
-        return {d for d, size in enumerate(sizes) if isinstance(size, int) and size not in (-1, 1)}
+            return {}
+        return {
+            d: size for d, size in enumerate(sizes) if isinstance(size, int) and size not in (-1, 1)
+        }
     if name == "unflatten":
         dim, pieces = arg(node, 1, "dim"), arg(node, 2, "sizes")
         if not isinstance(dim, int) or not isinstance(pieces, (list, tuple)):
-            return set()
+            return {}
         sizes = list(pieces)
         start = dim % (ndim - len(sizes) + 1)
         return {
-            start + k
+            start + k: size
             for k, size in enumerate(sizes)
             if isinstance(size, int) and size not in (-1, 1)
         }
-    return set()
+    return {}

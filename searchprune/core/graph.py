@@ -80,8 +80,12 @@ class DependencyGraph:
     per-channel tensor (a layer scale, a PReLU slope) that compact slices.
     ``per_channel`` is the number of parameters per channel of each of those (a norm's
     affine weight and bias; 0 for a buffer), ``other_params`` the model's parameters
-    outside layers, norms and per-channel tensors (never removed), ``other_flops`` the
-    MACs of products between activations (attention), counted but not reduced.
+    outside layers, norms and per-channel tensors (never removed). ``products`` are the
+    products between activations (attention) whose MACs shrink with channels: the
+    element of each position of their output's channel dims and the MACs of each;
+    ``other_flops`` the MACs of the other such products.
+    ``patches`` are module attributes (an attention module's head count) compact sets to
+    the number of their elements kept.
     """
 
     groups: list[ChannelGroup]
@@ -95,6 +99,8 @@ class DependencyGraph:
     traced: bool
     notices: list[str] = field(default_factory=list)
     other_flops: int = 0
+    patches: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
+    products: list[tuple[np.ndarray, int]] = field(default_factory=list)
 
     def prunable_groups(self) -> list[ChannelGroup]:
         return [group for group in self.groups if group.prunable]
@@ -246,6 +252,8 @@ def _result(
         other_params=other,
         traced=traced,
         notices=notices,
+        patches=[(owner, attr, element[nodes]) for owner, attr, nodes in walker.patches],
+        products=[(element[nodes], macs) for nodes, macs in walker.products],
     )
 
 
@@ -289,5 +297,6 @@ def build_dependency_graph(
     for notice in notices:
         warnings.warn(notice, stacklevel=2)
     graph = _result(walker, model, layers, notices, traced_ok)
-    graph.other_flops = recorder.matmul_macs
+    reduced = sum(len(elements) * macs for elements, macs in graph.products)
+    graph.other_flops = max(recorder.matmul_macs - reduced, 0)
     return graph

@@ -131,6 +131,9 @@ def mask_stats(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) 
         dense_params += count * len(elements)
     params += graph.other_params
     dense_params += graph.other_params
+    for elements, macs in graph.products:
+        flops += macs * int(alive[_index(elements)].sum())
+        dense_flops += macs * len(elements)
     flops += graph.other_flops
     dense_flops += graph.other_flops
     return MaskStats(

@@ -8,7 +8,7 @@ import math
 from typing import Any
 
 import numpy as np
-from torch import fx
+from torch import fx, nn
 
 from searchprune.core.channels import (
     ADD,
@@ -18,6 +18,7 @@ from searchprune.core.channels import (
     ParamVec,
     Source,
     Value,
+    arg,
     fixed_positions,
     fixed_sizes,
     integer,
@@ -26,11 +27,19 @@ from searchprune.core.channels import (
     shape_of,
 )
 
+PATCHABLE = ("num_heads", "attn_dim")
+"""Attributes of an attention module (timm's ``Attention`` and alike) its code reshapes
+to, and which compact updates when heads are removed."""
+
 
 class TensorOps:
-    """Channel nodes and their ties, and the rules of tensor operations."""
+    """Channel nodes and their ties, and the rules of tensor operations. ``patches`` are
+    module attributes compact sets to the number of elements kept along a dim."""
 
-    def __init__(self) -> None:
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.modules = modules
+        self.patches: list[tuple[str, str, np.ndarray]] = []
+        self.products: list[tuple[np.ndarray, int]] = []  # (nodes, MACs per node)
         self.count = 1  # node 0 is UNOWNED
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
         self.frozen: list[tuple[np.ndarray, str]] = [(np.array([UNOWNED]), "")]
@@ -102,10 +111,16 @@ class TensorOps:
             )
 
     def mixed(self, source: Value, dims: set[int], reason: str) -> Value:
+        """A norm whose statistics mix ``dims``: their channels stay, unless another channel
+        dim holds them (an attention head's q/k norm): then they leave with it, whole."""
         if not isinstance(source, Source):
             return None
-        if dims & set(source.axes):
+        normalized = [a for a in source.axes if a in dims]
+        if normalized and len(normalized) == len(source.axes):
             self.freeze(source, f"{reason}, whose statistics mix channels")
+        for axis in normalized if len(normalized) < len(source.axes) else []:
+            along = np.moveaxis(source.nodes, source.axes.index(axis), 0)
+            self.union(along[:1], along[1:])
         return Source(source.axes, source.nodes, np.zeros(source.nodes.shape, dtype=bool))
 
     def elementwise(
@@ -215,7 +230,7 @@ class TensorOps:
         in_shape: tuple[int, ...] | None,
         out_shape: tuple[int, ...] | None,
         name: str,
-        fixed: set[int] | None = None,
+        fixed: dict[int, int] | None = None,
     ) -> Value:
         if not isinstance(source, Source):
             return None
@@ -234,15 +249,45 @@ class TensorOps:
             return None
         if fixed is None:
             fixed = fixed_sizes(node, name, len(out_shape))
+        # the compact model runs the same code: a size written in it cannot shrink, unless
+        # it is an attention module's head count that compact updates
         pinned = [a for a in result.axes if a in fixed]
+        patched = self.patchable(node, {a: fixed[a] for a in pinned})
+        pinned = [a for a in pinned if a not in patched]
         if pinned and len(pinned) == len(result.axes):
-            # the compact model runs the same code: a size written in it cannot shrink
             self.freeze(source, f"reshaped by {name} to a size fixed in the model's code")
-        for axis in pinned if len(pinned) < len(result.axes) else []:
-            # channels leave along the other dims only: tie them across this one
+            return result
+        # channels leave along the other dims only: tie them across these (across all but
+        # a head dim, so that each head is one element)
+        tied = [a for a in result.axes if a not in patched] if patched else pinned
+        for axis in tied:
             along = np.moveaxis(result.nodes, result.axes.index(axis), 0)
             self.union(along[:1], along[1:])
+        for axis, (owner, attr) in patched.items():
+            along = np.moveaxis(result.nodes, result.axes.index(axis), 0)
+            self.patches.append((owner, attr, along.reshape(len(along), -1)[:, 0]))
         return result
+
+    def patchable(self, node: fx.Node, sizes: dict[int, int]) -> dict[int, tuple[str, str]]:
+        """Which of the constant ``sizes`` (by output dim) of a reshape in an attention
+        module's code are that module's head count or width (:data:`PATCHABLE`), which
+        compact sets to what is kept."""
+        stack = node.meta.get("nn_module_stack") or {}
+        if not sizes:
+            return {}
+        owner = list(stack.values())[-1][0] if stack else ""  # "": the model's own code
+        module = self.modules.get(owner)
+        shape = shape_of(node) or ()
+        head_dim = getattr(module, "head_dim", None)
+        found: dict[int, tuple[str, str]] = {}
+        for attr in PATCHABLE:
+            value = getattr(module, attr, None)
+            dims = [d for d, size in sorted(sizes.items()) if size == value and d not in found]
+            # (3, heads, head_dim) with 3 heads: the head dim is the one before head_dim
+            before = [d for d in dims if d + 1 < len(shape) and shape[d + 1] == head_dim]
+            if isinstance(value, int) and dims:
+                found[(before or dims)[-1]] = (owner, attr)
+        return found
 
     def permute(
         self,
@@ -466,6 +511,133 @@ class TensorOps:
             self.union(first.nodes, other.nodes)
             zero = zero & other.zero
         return Source(first.axes, first.nodes, zero)
+
+    def matmul(self, node: fx.Node, env: dict[fx.Node, Value], out_shape: tuple[int, ...]) -> Value:
+        """``a @ b`` (``torch.matmul`` broadcasting, both operands at least 2-D)."""
+        a, b = node.args[0], node.args[1]
+        shape_a, shape_b = shape_of(a), shape_of(b)
+        if shape_a is None or shape_b is None or len(shape_a) < 2 or len(shape_b) < 2:
+            self.give_up(node, env, "multiplied as vectors")
+            return None
+        macs = math.prod(out_shape) * shape_a[-1]
+        first, second = (self.value(a, env), shape_a), (self.value(b, env), shape_b)
+        return self.contract(first, second, out_shape, macs, "matmul")
+
+    def attention_product(
+        self, node: fx.Node, env: dict[fx.Node, Value], out_shape: tuple[int, ...]
+    ) -> Value:
+        """``scaled_dot_product_attention(q, k, v)``: ``softmax(q kᵀ) v``, each head apart."""
+        q, k, v = (arg(node, i, name) for i, name in enumerate(("query", "key", "value")))
+        shapes = [shape_of(t) for t in (q, k, v)]
+        mask = arg(node, 3, "attn_mask")
+        if any(s is None or len(s) < 2 for s in shapes) or isinstance(
+            self.value(mask, env), Source
+        ):
+            self.give_up(node, env, "attention over channels")
+            return None
+        shape_q, shape_k, shape_v = (s for s in shapes if s is not None)
+        key = self.value(k, env)
+        swapped: Value = None
+        if isinstance(key, Source):  # kᵀ: swap the last two dims
+            last = len(shape_k) - 1
+            order = {last: last - 1, last - 1: last}
+            moved = [order.get(axis, axis) for axis in key.axes]
+            rank = np.argsort(moved)
+            swapped = Source(
+                tuple(sorted(moved)),
+                np.transpose(key.nodes, rank),
+                np.transpose(key.zero, rank),
+            )
+        transposed = (*shape_k[:-2], shape_k[-1], shape_k[-2])
+        score_shape = (*out_shape[:-1], shape_k[-2])
+        scores = self.contract(
+            (self.value(q, env), shape_q),
+            (swapped, transposed),
+            score_shape,
+            math.prod(score_shape) * shape_q[-1],
+            "attention",
+        )
+        if isinstance(scores, Source) and len(out_shape) - 1 in scores.axes:
+            self.freeze(scores, "attention softmax across channels")
+            scores = None
+        if isinstance(scores, Source):  # the softmax of zero scores is not zero
+            scores = Source(scores.axes, scores.nodes, np.zeros_like(scores.zero))
+        return self.contract(
+            (scores, score_shape),
+            (self.value(v, env), shape_v),
+            out_shape,
+            math.prod(out_shape) * shape_k[-2],
+            "attention",
+        )
+
+    def contract(
+        self,
+        first: tuple[Value, tuple[int, ...]],
+        second: tuple[Value, tuple[int, ...]],
+        out_shape: tuple[int, ...],
+        macs: int,
+        name: str,
+    ) -> Value:
+        """The channels of a matrix product ``first @ second`` of shape ``out_shape`` and
+        ``macs`` multiply-accumulates (recorded per output channel position, so that
+        removing a head removes its share).
+
+        A channel dim that is summed over is tied across its positions and must go with
+        a batch dim (an attention head): then whole heads leave, on both sides. A product
+        is zero where either factor is. Both a row and a column dim with channels (an
+        outer product of channels) is not followed."""
+        ndim = len(out_shape)
+        parts: list[tuple[list[int], np.ndarray, np.ndarray, bool]] = []
+        sources = []
+        for (value, shape), is_first in ((first, True), (second, False)):
+            if not isinstance(value, Source):
+                continue
+            sources.append(value)
+            roles: list[int] = []
+            nodes, zero = value.nodes, value.zero
+            summed = False
+            for k in range(len(value.axes) - 1, -1, -1):
+                rel = value.axes[k] - len(shape)
+                if rel == (-1 if is_first else -2):  # the summed dim: tie it, collapse it
+                    along = np.moveaxis(nodes, k, 0)
+                    self.union(along[:1], along[1:])
+                    zero = np.asarray(zero.all(axis=k))
+                    nodes = np.take(nodes, 0, axis=k)
+                    summed = True
+                else:
+                    role = ndim + rel if rel < -2 else (ndim - 2 if is_first else ndim - 1)
+                    roles.insert(0, role)
+            parts.append((roles, nodes, zero, summed))
+        if not parts:
+            return None
+        batch = [set(r for r in roles if r < ndim - 2) for roles, *_ in parts]
+        edges = [set(r for r in roles if r >= ndim - 2) for roles, *_ in parts]
+        if (
+            any(summed and not b for (_, _, _, summed), b in zip(parts, batch, strict=True))
+            or (len(parts) == 2 and batch[0] != batch[1])
+            or (len(parts) == 1 and (parts[0][3] or batch[0]))
+            or (len(parts) == 2 and edges[0] and edges[1])
+        ):
+            for source in sources:
+                self.freeze(source, f"multiplied by {name} across channels")
+            return None
+        axes = sorted(set().union(*[set(roles) for roles, *_ in parts]))
+        full_nodes, full_zero = [], []
+        for roles, nodes, zero, _ in parts:
+            view = [nodes.shape[roles.index(a)] if a in roles else 1 for a in axes]
+            order = np.argsort(roles)
+            full_nodes.append(np.transpose(nodes, order).reshape(view))
+            full_zero.append(np.transpose(zero, order).reshape(view))
+        if len(parts) == 2:
+            self.union(full_nodes[0], full_nodes[1])
+        widest = max(range(len(parts)), key=lambda i: full_nodes[i].size)
+        shape = np.broadcast_shapes(*[n.shape for n in full_nodes])
+        nodes_out = np.ascontiguousarray(np.broadcast_to(full_nodes[widest], shape))
+        zero_out = np.zeros(shape, dtype=bool)
+        for zero in full_zero:
+            zero_out = zero_out | zero
+        self.products.append((nodes_out.reshape(-1).copy(), macs // nodes_out.size))
+        return Source(tuple(axes), nodes_out, zero_out)
 
     def reduce(
         self,

@@ -147,7 +147,11 @@ class CostModel:
             name: graph.per_channel.get(name, 0) * len(elements)
             for name, elements in {**graph.norms, **graph.params}.items()
         }
-        self.dense_flops = float((numel * positions).sum() + graph.other_flops)
+        self.dense_flops = float(
+            (numel * positions).sum()
+            + sum(len(elements) * macs for elements, macs in graph.products)
+            + graph.other_flops
+        )
         self.dense_params = float(
             (numel + bias).sum() + sum(channel_params.values()) + graph.other_params
         )
@@ -187,6 +191,13 @@ class CostModel:
         for row, name in enumerate(names):
             to_channel[row], channel_const[row] = _shares(elements[name], unit_of, n_units)
         counts = np.array([channel_params[name] for name in names], dtype=np.float64)
+        to_product = np.zeros((len(graph.products), n_units))
+        product_const = np.ones(len(graph.products))
+        for row, (spots, _) in enumerate(graph.products):
+            to_product[row], product_const[row] = _shares(spots, unit_of, n_units)
+        product_macs = np.array(
+            [len(spots) * macs for spots, macs in graph.products], dtype=np.float64
+        )
         self._terms = [
             to_out,
             to_in,
@@ -198,6 +209,9 @@ class CostModel:
             to_channel,
             channel_const,
             counts,
+            to_product,
+            product_const,
+            product_macs,
         ]
         self._prunable = prunable
 
@@ -229,7 +243,7 @@ class CostModel:
             else [torch.as_tensor(t, dtype=keep.dtype, device=keep.device) for t in self._terms]
         )
         to_out, to_in, out_const, in_const, numel, positions, bias = terms[:7]
-        to_channel, channel_const, counts = terms[7:]
+        to_channel, channel_const, counts, to_product, product_const, product_macs = terms[7:]
         if isinstance(keep, np.ndarray):
             prunable = self._prunable
             keep = np.maximum(keep, 1.0 / self.sizes)
@@ -242,7 +256,11 @@ class CostModel:
         params = (effective + bias * out).sum(-1) + channels + self.graph.other_params
         return {
             "sparsity": 1.0 - effective[..., prunable].sum(-1) / self.prunable_weights,
-            "flops_fraction": ((effective * positions).sum(-1) + self.graph.other_flops)
+            "flops_fraction": (
+                (effective * positions).sum(-1)
+                + (product_macs * (keep @ to_product.T + product_const)).sum(-1)
+                + self.graph.other_flops
+            )
             / self.dense_flops,
             "params_fraction": params / self.dense_params,
         }

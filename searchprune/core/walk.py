@@ -24,6 +24,7 @@ from searchprune.core.channels import (
     ParamVec,
     Source,
     Value,
+    arg,
     name_of,
     shape_of,
 )
@@ -79,9 +80,8 @@ class Walker(TensorOps):
     """Walks the fx graph once, propagating :class:`Source` values through every node."""
 
     def __init__(self, model: nn.Module, layers: list[LayerInfo]) -> None:
-        super().__init__()
+        super().__init__(dict(model.named_modules()))
         self.model = model
-        self.modules = dict(model.named_modules())
         self.layers = {layer.name: layer for layer in layers}
         self.attention_of = {layer.name: layer for layer in layers if layer.kind == "mha_in_proj"}
         self.rows: dict[str, np.ndarray] = {}
@@ -171,7 +171,8 @@ class Walker(TensorOps):
             return self.reshape(node, first, in_shape, out_shape, "flatten")
         if isinstance(module, nn.Unflatten) and in_shape is not None:
             start = module.dim % len(in_shape)
-            fixed = set(range(start, start + len(module.unflattened_size)))
+            sizes = module.unflattened_size
+            fixed = {start + k: int(size) for k, size in enumerate(sizes)}
             return self.reshape(node, first, in_shape, out_shape, "unflatten", fixed)
         self.give_up(node, env, f"used by module {name} ({type(module).__name__})")
         return None
@@ -275,13 +276,7 @@ class Walker(TensorOps):
             mixed = set(range(len(in_shape) - len(module.normalized_shape), len(in_shape)))
         else:
             mixed = set(range(1, len(in_shape)))
-        if mixed & set(source.axes):
-            self.freeze(
-                source,
-                f"normalized by {name} ({type(module).__name__}), whose statistics mix channels",
-            )
-            return Source(source.axes, source.nodes, np.zeros(source.nodes.shape, dtype=bool))
-        return Source(source.axes, source.nodes, np.zeros(source.nodes.shape, dtype=bool))
+        return self.mixed(source, mixed, f"normalized by {name} ({type(module).__name__})")
 
     def prelu(self, name: str, module: nn.PReLU, source: Value) -> Value:
         if not isinstance(source, Source):
@@ -324,14 +319,21 @@ class Walker(TensorOps):
         out_shape = shape_of(node)
         if name == "getitem":
             return self.getitem(node, env)
+        if name == "maybe_add_mask" and out_shape is not None:  # timm: x, or x + mask
+            if not isinstance(arg(node, 1, "attn_mask"), fx.Node):
+                return first
+            name = "add"
         if name in ADD | MUL | DIV and out_shape is not None:
             return self.merge(node, name, env, out_shape)
         if isinstance(first, ParamVec):
             return self.param_op(name, first, out_shape)
         meta = node.meta.get("tensor_meta")
         if out_shape is None and not isinstance(meta, (tuple, list)):
-            if name not in ("size", "dim", "getattr", "numel") and any(
-                isinstance(v, Source) for v in self.tensor_values(node, env)
+            returns_none = node.meta.get("type") is type(None)  # reads its arguments only
+            if (
+                name not in ("size", "dim", "getattr", "numel")
+                and not returns_none
+                and any(isinstance(v, Source) for v in self.tensor_values(node, env))
             ):
                 self.give_up(node, env, f"used by {name}, which returns no tensor")
             return None
@@ -352,6 +354,10 @@ class Walker(TensorOps):
             return self.permute(node, name, first, in_shape, out_shape)
         if name == "cat" or name == "concat" or name == "concatenate" or name == "stack":
             return self.concat(node, name, env, out_shape)
+        if name in ("matmul", "bmm"):
+            return self.matmul(node, env, out_shape)
+        if name == "scaled_dot_product_attention":
+            return self.attention_product(node, env, out_shape)
         if name in REDUCTIONS:
             return self.reduce(node, name, first, in_shape, out_shape)
         if name in ("softmax", "log_softmax"):

@@ -195,6 +195,8 @@ def compact(
                 if isinstance(tensor, Tensor):
                     tensor.mul_(channel_keep.to(tensor.device))
         _replace(small, name, _shrunk_norm(norm, keep(elements)))
+    for owner, attr, elements in graph.patches:  # an attention module's head count
+        setattr(small.get_submodule(owner), attr, int(keep(elements).sum()))
     for name, elements in graph.params.items():
         original = _tensor_at(model, name)
         parent_name, _, attr = name.rpartition(".")

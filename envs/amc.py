@@ -1,71 +1,174 @@
 """AMC: an off-policy RL agent picks each layer's pruning ratio (He et al. 2018).
 
 The agent (stable-baselines3 DDPG by default, TD3 or SAC selectable) walks the network
-in :class:`envs.layer_pruning.LayerPruningEnv`, one unit per step, and the action wall
-keeps every episode within the budget. AMC's recipe:
+in :class:`envs.layer_pruning.LayerPruningEnv`, one unit per step. The env's two-sided
+action wall lands every episode on the budget, so the evaluator leaves the episodes as
+they are (``budget_mode = "bound"``): the network scored is the one the stored actions
+describe. The recipe and its defaults follow the paper and its code (mit-han-lab/amc):
 
-- ``warmup`` episodes of uniformly random actions fill the replay buffer first;
-- exploration noise from a truncated normal around the policy's action, whose width
-  decays per episode (AMC: sigma 0.5 * 0.95^episode, on ratios in [0, 1]);
-- gamma = 1, and every transition of an episode is credited with that episode's final
-  reward minus a moving-average baseline (variance reduction);
-- the best episode's masks are what the run reports (the run loop tracks them).
+- warm-up episodes of uniformly random actions fill the replay buffer first
+  (``warmup``; by default a tenth of the run's ``episodes``; AMC: 100 of 800);
+- exploration noise from a truncated normal around the policy's action; its width
+  falls geometrically per episode from ``noise_sigma`` at the end of the warm-up to
+  ``noise_final`` at ``noise_horizon`` (half) of the run's episodes, and stays there
+  (AMC: 0.5 · 0.95^episode on ratios in [0, 1], a decay fixed per episode; here it is
+  scaled to the run's length. On the 21-group MNIST-1D ResNet at 300 episodes,
+  reaching the final width at the run's end found 78-79% val accuracy, at half or a
+  third of it 93%);
+- gamma = 1; each transition is stored with its episode's final reward, and a moving
+  baseline is subtracted when a batch is sampled for training (AMC: the baseline moves
+  towards each sampled batch's mean reward by ``baseline_rate``), so every transition
+  is credited against the current baseline, not the one of the day it was stored;
+- one gradient step per transition (AMC trains once per step of every episode after
+  the warm-up): ``gradient_steps`` per episode, by default the number of units;
+- a replay buffer of ``replay_episodes`` episodes' transitions (AMC: 100 per layer);
+- actor and critic with two hidden layers of 300, Adam at 1e-4 for the actor and 1e-3
+  for the critic, target networks updated with tau 0.01, batches of 64. A
+  stable-baselines3 algorithm gives all its optimizers one ``learning_rate`` and resets
+  them to it at every ``train()``; the agents here (:class:`_ActorRate`) then set the
+  actor's optimizer to ``actor_learning_rate`` (SAC's entropy weight learns at the
+  critic's rate).
 
-The action wall guarantees the budget but lets early units overshoot it; the evaluator
-then repairs each episode's ratios onto the budget exactly, like every other searcher's
-genomes (measured on the digits CNN at 90% weight sparsity: 66% val accuracy with the
-repair against 50% without), and the transitions are credited with that score.
+``episodes`` is the length of the run the schedule is scaled to: set it to the run's
+``run.max_evals`` (its default, 1000, is ``run.max_evals``'s).
 
 ``population`` episodes run in lockstep in a stable-baselines3 vector env, so their
-final evaluations reach the evaluator as one batch; the agent then trains
-``gradient_steps`` times per episode. The agent's random draws (replay sampling, noise)
-come from this searcher's own generators, swapped in around each call, so runs are
-reproducible and resumable.
+final evaluations reach the evaluator as one batch; the agent then trains. The agent's
+random draws (replay sampling, noise) come from this searcher's own generators,
+swapped in around each call, so runs are reproducible and resumable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
-from stable_baselines3.common.vec_env import DummyVecEnv
+from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.utils import update_learning_rate
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from envs.layer_pruning import LayerPruningEnv
 from searchprune.problem import Problem
 from searchprune.search.base import Searcher, SearcherParams
 from searchprune.search.streams import GlobalStreams
-from searchprune.space import Space
+from searchprune.space import BudgetMode, Space
 
 Transition = tuple[np.ndarray, np.ndarray, float]  # observation, next observation, action
 _MIN_SIGMA = 2e-6  # exploration floor: 1e-6 of the action range [-1, 1]
-_ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": DDPG, "td3": TD3, "sac": SAC}
+_WARMUP_SHARE = 0.1  # warm-up episodes by default, as a share of the run's episodes
 
 
 class AMCParams(SearcherParams):
     algorithm: Literal["ddpg", "td3", "sac"] = Field("ddpg", description="stable-baselines3 agent")
-    warmup: int = Field(100, ge=0, description="episodes of random actions before the agent acts")
+    episodes: int = Field(
+        1000,
+        ge=1,
+        description="episodes (evaluations) the run will have, to which the warm-up and the "
+        "noise decay are scaled: set it to run.max_evals",
+    )
+    warmup: int | None = Field(
+        None,
+        ge=0,
+        description="episodes of random actions before the agent acts; default: a tenth "
+        "of `episodes`",
+    )
     noise_sigma: float = Field(
-        0.5, ge=0.0, description="exploration noise width, on ratios in [0, 1]"
+        0.5, ge=0.0, description="exploration noise width after the warm-up, on ratios in [0, 1]"
     )
-    noise_decay: float = Field(0.95, gt=0.0, le=1.0, description="noise width factor per episode")
-    baseline_alpha: float = Field(
-        0.95, ge=0.0, lt=1.0, description="moving-average reward baseline"
+    noise_final: float = Field(
+        0.05, gt=0.0, description="noise width from noise_horizon on (decayed geometrically)"
     )
-    gradient_steps: int = Field(1, ge=0, description="agent updates per scored episode")
-    batch_size: int = Field(64, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
+    noise_horizon: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="share of `episodes` after which the noise width is noise_final",
+    )
+    baseline_rate: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="how far the reward baseline moves towards each sampled batch's mean",
+    )
+    gradient_steps: int | None = Field(
+        None, ge=0, description="agent updates per scored episode; default: one per unit"
+    )
+    replay_episodes: int = Field(100, ge=1, description="replay buffer size, in episodes")
+    batch_size: int = Field(64, ge=1, description="transitions per gradient step")
+    actor_learning_rate: float = Field(1e-4, gt=0.0, description="Adam step size of the actor")
+    critic_learning_rate: float = Field(
+        1e-3, gt=0.0, description="Adam step size of the critic (and of SAC's entropy weight)"
+    )
+    tau: float = Field(0.01, gt=0.0, le=1.0, description="soft update rate of the target networks")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="discount")
     net_arch: list[int] = Field(
-        default_factory=lambda: [64, 64], description="actor/critic hidden layers"
+        default_factory=lambda: [300, 300], description="actor/critic hidden layers"
     )
-    buffer_size: int = Field(20_000, ge=1)
+
+
+class _BaselineReplay(ReplayBuffer):
+    """A replay buffer of raw rewards that subtracts a moving baseline from every
+    sampled batch; the baseline first moves ``baseline_rate`` of the way towards the
+    batch's mean reward (AMC's variance reduction)."""
+
+    def __init__(self, *args: Any, baseline_rate: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.baseline_rate = baseline_rate
+        self.baseline: float | None = None
+
+    def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:
+        batch = super().sample(batch_size, env)
+        mean = float(batch.rewards.mean())
+        if self.baseline is None:
+            self.baseline = mean
+        else:
+            self.baseline += self.baseline_rate * (mean - self.baseline)
+        return batch._replace(rewards=batch.rewards - self.baseline)
+
+
+if TYPE_CHECKING:
+    _Algorithm = OffPolicyAlgorithm
+else:  # a mixin: the algorithm comes after it in the agent classes' bases
+    _Algorithm = object
+
+
+class _ActorRate(_Algorithm):
+    """An actor-critic whose actor learns at its own rate, ``actor_rate``: after the
+    algorithm sets every optimizer to its ``learning_rate`` (at each ``train()``), the
+    actor's optimizer is set to ``actor_rate``."""
+
+    actor: Any
+    actor_rate: float
+
+    def _update_learning_rate(
+        self, optimizers: list[torch.optim.Optimizer] | torch.optim.Optimizer
+    ) -> None:
+        super()._update_learning_rate(optimizers)
+        update_learning_rate(self.actor.optimizer, self.actor_rate)
+
+
+class _DDPG(_ActorRate, DDPG):
+    """DDPG with its actor's own learning rate."""
+
+
+class _TD3(_ActorRate, TD3):
+    """TD3 with its actor's own learning rate."""
+
+
+class _SAC(_ActorRate, SAC):
+    """SAC with its actor's own learning rate."""
+
+
+_ALGORITHMS: dict[str, type[OffPolicyAlgorithm]] = {"ddpg": _DDPG, "td3": _TD3, "sac": _SAC}
 
 
 class AMCSearch(Searcher):
@@ -73,6 +176,7 @@ class AMCSearch(Searcher):
     docstring."""
 
     description = "AMC: DDPG/TD3/SAC agent picks per-layer ratios (stable-baselines3)"
+    budget_mode: ClassVar[BudgetMode] = "bound"
     space_kinds = frozenset({"real"})
     Params: ClassVar[type[SearcherParams]] = AMCParams
     params: AMCParams
@@ -88,44 +192,73 @@ class AMCSearch(Searcher):
     def __init__(self, problem: Problem, params: SearcherParams, seed: int) -> None:
         super().__init__(problem.space, params, seed)
         p = self.params
+        if p.noise_sigma > 0.0 and p.noise_final > p.noise_sigma:
+            raise ValueError(
+                f"searcher.noise_final={p.noise_final} must not exceed "
+                f"searcher.noise_sigma={p.noise_sigma} (the width decays towards it)"
+            )
         make_env = partial(LayerPruningEnv, problem, score=False)
         self.envs = DummyVecEnv([make_env] * p.population)
         self.units = len(problem.space.units)
+        self.warmup = round(_WARMUP_SHARE * p.episodes) if p.warmup is None else p.warmup
+        self.steps_per_episode = self.units if p.gradient_steps is None else p.gradient_steps
         self._streams = GlobalStreams(seed)
         with self._streams.active():
             self.agent = _ALGORITHMS[p.algorithm](
                 "MlpPolicy",
                 DummyVecEnv([make_env]),
-                learning_rate=p.learning_rate,
-                buffer_size=p.buffer_size,
+                learning_rate=p.critic_learning_rate,
+                buffer_size=p.replay_episodes * self.units,
                 learning_starts=0,
                 batch_size=p.batch_size,
-                gamma=1.0,
+                tau=p.tau,
+                gamma=p.gamma,
+                replay_buffer_class=_BaselineReplay,
+                replay_buffer_kwargs={"baseline_rate": p.baseline_rate},
                 policy_kwargs={"net_arch": list(p.net_arch)},
                 seed=seed,
                 device="cpu",
             )
+        assert isinstance(self.agent, _ActorRate)
+        self.agent.actor_rate = p.actor_learning_rate
         self.agent.set_logger(configure(None, []))
         self.episodes = 0
-        self.baseline: float | None = None
         self._rollouts: list[list[Transition]] = []
+
+    @property
+    def _replay(self) -> _BaselineReplay:
+        buffer = self.agent.replay_buffer
+        assert isinstance(buffer, _BaselineReplay)
+        return buffer
+
+    @property
+    def baseline(self) -> float | None:
+        """The moving reward baseline (None before the first training batch)."""
+        return self._replay.baseline
+
+    @baseline.setter
+    def baseline(self, value: float | None) -> None:
+        self._replay.baseline = value
 
     # --------------------------------------------------------------- acting
     def _noise_sigma(self) -> float:
-        """Exploration width in action units ([-1, 1] is twice the ratio range), decayed
-        per episode down to a floor of 1e-6 of the range: below it the truncated normal's
-        bounds, ``(±1 - mean) / sigma``, overflow and scipy cannot sample (the decay
-        reaches it a few hundred episodes after warm-up; the actions are then the policy's
-        to within the floor). 0 when ``noise_sigma`` is 0."""
+        """Exploration width in action units ([-1, 1] is twice the ratio range): from
+        ``noise_sigma`` at the end of the warm-up down to ``noise_final`` at
+        ``noise_horizon`` of the run's episodes, geometrically, and no lower; never below
+        a floor of 1e-6 of the range, below which the truncated normal's bounds,
+        ``(±1 - mean) / sigma``, overflow and scipy cannot sample. 0 when
+        ``noise_sigma`` is 0."""
         p = self.params
         if p.noise_sigma == 0.0:
             return 0.0
-        decay = p.noise_decay ** max(self.episodes - p.warmup, 0)
-        return max(2.0 * p.noise_sigma * decay, _MIN_SIGMA)
+        span = max(p.noise_horizon * p.episodes - self.warmup, 1.0)
+        progress = min(max(self.episodes - self.warmup, 0) / span, 1.0)
+        width = p.noise_sigma * (p.noise_final / p.noise_sigma) ** progress
+        return max(2.0 * width, _MIN_SIGMA)
 
     def _actions(self, observations: np.ndarray) -> np.ndarray:
         count = len(observations)
-        if self.episodes < self.params.warmup:
+        if self.episodes < self.warmup:
             return self.rng.uniform(-1.0, 1.0, size=(count, 1))
         with torch.no_grad():
             predicted, _ = self.agent.predict(observations, deterministic=True)
@@ -163,23 +296,18 @@ class AMCSearch(Searcher):
     ) -> None:
         if len(fitness) != len(self._rollouts):
             raise ValueError(f"tell() got {len(fitness)} scores for {len(self._rollouts)} episodes")
-        alpha = self.params.baseline_alpha
-        buffer = self.agent.replay_buffer
-        assert buffer is not None
+        buffer = self._replay
         for episode, score in zip(self._rollouts, fitness, strict=True):
-            if self.baseline is None:
-                self.baseline = float(score)
-            credit = np.array([float(score) - self.baseline], dtype=np.float32)
+            reward = np.array([score], dtype=np.float32)  # raw: the baseline comes at sampling
             for step, (before, after, action) in enumerate(episode):
                 done = np.array([step == len(episode) - 1])
-                buffer.add(before[None], after[None], np.array([[action]]), credit, done, [{}])
-            self.baseline += (1.0 - alpha) * (float(score) - self.baseline)
+                buffer.add(before[None], after[None], np.array([[action]]), reward, done, [{}])
         self.episodes += len(fitness)
         self._rollouts = []
         ready = buffer.size() >= self.params.batch_size
-        if self.episodes > self.params.warmup and ready and self.params.gradient_steps:
+        if self.episodes > self.warmup and ready and self.steps_per_episode:
             with self._streams.active():
-                self.agent.train(self.params.gradient_steps * len(fitness), self.params.batch_size)
+                self.agent.train(self.steps_per_episode * len(fitness), self.params.batch_size)
 
     # ------------------------------------------------------------ checkpoint
     def _replay_state(self) -> dict[str, Any]:

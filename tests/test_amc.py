@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -19,9 +20,10 @@ from searchprune.core.budget import Budget
 from searchprune.evaluate import LocalEvaluator
 from searchprune.fitness import FitnessContext
 from searchprune.problem import Problem
+from searchprune.rundir import RunDir
 from searchprune.search import make_searcher
 from searchprune.tasks.base import Task
-from searchprune.tasks.models import DigitsMLP, DigitsResNet
+from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet
 
 
 def _task(model: torch.nn.Module) -> Task:
@@ -59,26 +61,78 @@ def test_env_passes_gymnasium_and_sb3_checkers_without_warnings() -> None:
     granularity=st.sampled_from(["channel", "weight"]),
     actions=st.lists(st.floats(-1.0, 1.0), min_size=8, max_size=8),
 )
-def test_action_wall_meets_the_budget_whatever_the_actions(
+def test_action_wall_lands_every_episode_on_the_budget_whatever_the_actions(
     kind: str, target: float, granularity: str, actions: list[float]
 ) -> None:
+    """Two-sided wall: every episode meets the budget, one element less in its last unit
+    would break it, so the bound repair leaves it as it is, and the applied actions are
+    the scored genome's ratios."""
     budget = Budget(kind, target if kind != "sparsity" else 1.0 - target)
     env = LayerPruningEnv(_resnet_problem(budget, granularity), score=False)
     observation, _ = env.reset(seed=0)
-    terminated, step, info = False, 0, {}
+    terminated, step, info, applied = False, 0, {}, []
     while not terminated:
         assert env.observation_space.contains(observation)
+        low, high = env.walls(step, env._removed)
+        assert env.k_min[step] <= low <= high <= env.k_max[step]
+        if step == len(env.space.units) - 1:
+            assert low == high, "the last unit's count is the one that lands on the budget"
         observation, reward, terminated, _, info = env.step(np.array([actions[step]], np.float32))
+        assert low <= env._removed[step] <= high
         assert reward == 0.0
+        applied.append(info["applied_action"])
         step += 1
     assert step == len(env.space.units)
-    removed = env.space.removed(info["genome"])
-    assert env.space.repairer.met(removed)[0], "the budget must hold at the end of every episode"
+    genome = info["genome"]
+    removed = env.space.removed(genome)
+    repairer = env.space.repairer
+    assert repairer.met(removed)[0], "the budget must hold at the end of every episode"
+    last = len(env.sizes) - 1
+    if removed[0, last] > env.k_min[last]:
+        one_less = removed.copy()
+        one_less[0, last] -= 1
+        assert not repairer.met(one_less)[0], "the episode must land on the budget"
+    np.testing.assert_array_equal(env.space.repair(genome[None, :], "bound")[0], genome)
+    asked = [env.ratio_of(a, u) * env.sizes[u] for u, a in enumerate(applied)]
+    np.testing.assert_allclose(asked, removed[0], atol=1e-6)
+
+
+def test_flops_features_come_from_the_cost_model() -> None:
+    """Removed and remaining FLOPs count what a channel group removes from the inputs of
+    the layers it feeds: 7 of the digits CNN's 16 first-conv channels remove 39.4% of the
+    FLOPs, nearly all of them in the next conv (their own conv holds 2.7%)."""
+    torch.manual_seed(0)
+    problem = Problem(
+        _task(DigitsCNN()), budget=Budget("flops", 0.5), granularity="channel", bn_samples=0
+    )
+    env = LayerPruningEnv(problem, score=False)
+    cost = problem.space.cost
+    observation, _ = env.reset(seed=0)
+    assert observation[8] == 0.0
+    later = np.array([0.0, *env.sizes[1:]])  # the units after the first, all removed
+    assert observation[9] == pytest.approx(1.0 - cost.fractions(later)["flops_fraction"])
+    observation, *_ = env.step(np.array([env.action_of(7 / 16, 0)], np.float32))
+    assert env._removed[0] == 7
+    conv1, conv2 = 16 * 9 * 64, 32 * 16 * 9 * 64
+    dense = conv1 + conv2 + 512 * 64 + 64 * 10
+    assert observation[8] == pytest.approx(7 / 16 * (conv1 + conv2) / dense, rel=1e-6)
+    assert observation[8] == pytest.approx(0.394, abs=1e-3)
+    rng = np.random.default_rng(0)
+    step = 1
+    while step < len(env.sizes):
+        removed = env._removed.copy()
+        later = removed.copy()
+        later[step + 1 :] = env.sizes[step + 1 :]
+        kept = cost.fractions(np.stack([removed, later]))["flops_fraction"]
+        assert observation[8] == pytest.approx(1.0 - kept[0], rel=1e-6)
+        assert observation[9] == pytest.approx(kept[0] - kept[1], rel=1e-6, abs=1e-7)
+        observation, *_ = env.step(rng.uniform(-1, 1, size=1).astype(np.float32))
+        step += 1
 
 
 def test_episode_reward_is_the_fitness_of_the_decoded_masks() -> None:
     problem = _resnet_problem(Budget("flops", 0.5))
-    env = LayerPruningEnv(problem, evaluator=LocalEvaluator(problem))
+    env = LayerPruningEnv(problem, evaluator=LocalEvaluator(problem, budget_mode="bound"))
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     terminated, reward, info = False, 0.0, {}
@@ -113,11 +167,10 @@ def test_amc_learns_known_optimal_ratios() -> None:
         seed=0,
         problem=problem,
         population=16,
+        episodes=480,
         warmup=64,
-        gradient_steps=4,
-        noise_decay=0.97,
     )
-    evaluator = LocalEvaluator(problem)
+    evaluator = LocalEvaluator(problem, budget_mode=amc.budget_mode)
     for _ in range(30):
         results = evaluator.evaluate(amc.ask(16))
         amc.tell(np.stack([r.genome for r in results]), np.array([r.fitness for r in results]))
@@ -127,11 +180,19 @@ def test_amc_learns_known_optimal_ratios() -> None:
     while not terminated:
         action, _ = amc.agent.predict(observation, deterministic=True)
         observation, _, terminated, _, info = env.step(action)
-    greedy = problem.space.repair(info["genome"][None, :])[0]  # as the evaluator scores it
+    greedy = info["genome"]  # on the budget: the evaluator scores it as it is
     greedy_error = float(np.abs(greedy - target).mean())
-    random_genomes = problem.space.repair(np.random.default_rng(0).uniform(0, 0.99, (200, 3)))
-    random_error = float(np.abs(random_genomes - target).mean())
+    rng, random_errors = np.random.default_rng(0), []
+    for _ in range(200):
+        env.reset()
+        terminated = False
+        while not terminated:
+            _, _, terminated, _, info = env.step(rng.uniform(-1, 1, size=1).astype(np.float32))
+        random_errors.append(float(np.abs(info["genome"] - target).mean()))
+    random_error = float(np.mean(random_errors))
     assert greedy_error < 0.5 * random_error, (greedy_error, random_error)
+    # the first two units are the agent's free choices (the last one lands on the budget)
+    np.testing.assert_allclose(greedy[:2], target[:2], atol=0.05)
 
 
 def test_amc_needs_its_problem_and_a_ratio_space() -> None:
@@ -152,7 +213,7 @@ def test_amc_needs_its_problem_and_a_ratio_space() -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["td3", "sac"])
-def test_td3_and_sac_agents_train_and_resume(algorithm: str) -> None:
+def test_td3_and_sac_agents_train_and_resume(algorithm: str, tmp_path: Path) -> None:
     problem = _resnet_problem(Budget("flops", 0.5))
     evaluator = LocalEvaluator(problem)
 
@@ -171,5 +232,83 @@ def test_td3_and_sac_agents_train_and_resume(algorithm: str) -> None:
     head = run(first, 3)
     assert first.agent._n_updates > 0
     second = make_searcher("amc", problem.space, seed=5, problem=problem, **settings_)
-    second.load_state_dict(first.state_dict())
+    RunDir(tmp_path).save_checkpoint({"amc": first.state_dict()})  # plain data, no pickle
+    second.load_state_dict(RunDir(tmp_path).load_checkpoint()["amc"])
     assert head + run(second, 2) == run(straight, 5)
+
+
+def test_amc_episodes_are_scored_as_the_agent_acted() -> None:
+    """The searcher asks for bound repair, which leaves its on-budget episodes as they
+    are: the evaluator scores the genomes the episodes produced, and the actions stored
+    for learning are those genomes' ratios."""
+    problem = _resnet_problem(Budget("flops", 0.5))
+    amc = make_searcher("amc", problem.space, seed=0, problem=problem, population=8, warmup=8)
+    assert amc.budget_mode == "bound"
+    evaluator = LocalEvaluator(problem, budget_mode=amc.budget_mode)
+    env = LayerPruningEnv(problem, score=False)
+    for _ in range(2):  # a warm-up round, then the agent's
+        genomes = amc.ask(8)
+        results = evaluator.evaluate(genomes)
+        np.testing.assert_array_equal(np.stack([r.genome for r in results]), genomes)
+        amc.tell(genomes, np.array([r.fitness for r in results]))
+    buffer = amc.agent.replay_buffer
+    stored = buffer.actions[buffer.pos - 8 * env.sizes.size : buffer.pos, 0, 0]
+    asked = [
+        env.ratio_of(float(action), step % env.sizes.size) for step, action in enumerate(stored)
+    ]
+    np.testing.assert_allclose(np.reshape(asked, genomes.shape), genomes, atol=1e-6)
+
+
+def test_amc_schedule_follows_the_reference_and_scales_to_the_run() -> None:
+    """AMC's settings by default: warm-up a tenth of the run, noise from 0.5 down to
+    ``noise_final`` at half the run, one update per transition, 100 episodes of replay,
+    actor 1e-4 and critic 1e-3, tau 0.01, hidden layers 300-300."""
+    problem = _resnet_problem(Budget("flops", 0.5))
+    units = len(problem.space.units)
+    amc = make_searcher(
+        "amc", problem.space, seed=0, problem=problem, population=8, episodes=80, batch_size=8
+    )
+    assert amc.warmup == 8 and amc.steps_per_episode == units
+    assert amc.agent.replay_buffer.buffer_size == 100 * units
+    assert amc.agent.tau == 0.01 and amc.agent.gamma == 1.0
+    assert [layer.out_features for layer in amc.agent.actor.mu if hasattr(layer, "out_features")][
+        :2
+    ] == [300, 300]
+    widths = {}
+    for episodes in (0, 8, 24, 40, 80, 200):
+        amc.episodes = episodes
+        widths[episodes] = amc._noise_sigma() / 2.0  # on ratios in [0, 1]
+    assert widths[0] == widths[8] == pytest.approx(0.5)
+    assert widths[24] == pytest.approx((0.5 * 0.05) ** 0.5)  # halfway, geometrically
+    assert widths[40] == widths[80] == widths[200] == pytest.approx(0.05)
+    amc.episodes = 0
+    evaluator = LocalEvaluator(problem, budget_mode=amc.budget_mode)
+    for expected_updates in (0, 8 * units):  # warm-up round: no training
+        genomes = amc.ask(8)
+        amc.tell(genomes, np.array([r.fitness for r in evaluator.evaluate(genomes)]))
+        assert amc.agent._n_updates == expected_updates
+    assert amc.agent.actor.optimizer.param_groups[0]["lr"] == 1e-4
+    assert amc.agent.critic.optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_reward_baseline_is_subtracted_when_a_batch_is_sampled() -> None:
+    """The buffer keeps raw rewards; each sampled batch moves the baseline
+    ``baseline_rate`` of the way to its mean reward and is credited against it."""
+    problem = _resnet_problem(Budget("flops", 0.5))
+    amc = make_searcher("amc", problem.space, seed=0, problem=problem, baseline_rate=0.25)
+    buffer = amc.agent.replay_buffer
+    observation = np.zeros((1, 11), np.float32)
+    assert amc.baseline is None
+    credited = []
+    for reward, baseline in ((1.0, 1.0), (3.0, 1.5), (3.0, 1.875)):
+        buffer.reset()  # every stored transition has this reward
+        for _ in range(4):
+            buffer.add(
+                observation, observation, np.zeros((1, 1)), np.array([reward]), np.array([1]), [{}]
+            )
+        credited.append(buffer.sample(8).rewards.numpy())
+        assert amc.baseline == pytest.approx(baseline)
+        np.testing.assert_array_equal(buffer.rewards[:4, 0], reward)  # stored raw
+    np.testing.assert_allclose(credited[0], 0.0)
+    np.testing.assert_allclose(credited[1], 1.5)
+    np.testing.assert_allclose(credited[2], 1.125)

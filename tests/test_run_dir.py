@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,12 +19,12 @@ import pytest
 import torch
 import yaml
 
-from faults import RUN_WRITES, kill_at_every_write_point, run_config
+from faults import RUN_WRITES, child_env, cli, kill_at_every_write_point, run_config, start_run
 from searchprune.cli import main
 from searchprune.config import ConfigError, validate_config
 from searchprune.core.masks import MaskSet
 from searchprune.latency import LatencyModel
-from searchprune.rundir import FAULT_ENV, RunDir, decode_state, encode_state, write_atomically
+from searchprune.rundir import RunDir, decode_state, encode_state, write_atomically
 from searchprune.runner import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,18 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _quiet(_: str) -> None:
     """Runs in these tests print nothing."""
-
-
-def _python(code: str, **env: str) -> subprocess.Popen[str]:
-    """``python -c code`` in a child process that sees this process's modules."""
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **env},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _lines(out: Path) -> list[str]:
@@ -194,9 +181,17 @@ def test_one_process_per_run_directory(tmp_path: Path, capsys: pytest.CaptureFix
     out = tmp_path / "run"
     config = _config_file(tmp_path, "random", 8)
     assert main(["run", str(config), "--out", str(out)]) == 0
-    holder = _python(
-        "import sys\nfrom searchprune.rundir import RunDir\n"
-        f"with RunDir({str(out)!r}).lock():\n    print('held', flush=True)\n    sys.stdin.read()"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom searchprune.rundir import RunDir\n"
+            f"with RunDir({str(out)!r}).lock():\n    print('held', flush=True)\n    sys.stdin.read()",
+        ],
+        env=child_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
@@ -249,11 +244,7 @@ def test_a_file_killed_while_written_is_the_old_or_the_new_one(tmp_path: Path, p
     )
     child = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)],
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(sys.path),
-            FAULT_ENV: f"{phase}:latency_model.json:2",
-        },
+        env=child_env(f"{phase}:latency_model.json:2"),
         capture_output=True,
         text=True,
     )
@@ -283,17 +274,9 @@ def test_killed_between_history_and_checkpoint_resumes_to_the_same_history(
     run cuts the history back to the checkpoint and ends as an uninterrupted run."""
     config = _config_file(tmp_path, "ga", 32)
     out = tmp_path / "killed"
-    child = subprocess.run(
-        [sys.executable, "-m", "searchprune.cli", "run", str(config), "--out", str(out)],
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(sys.path),
-            FAULT_ENV: "before:history.jsonl:3",
-        },
-        capture_output=True,
-        text=True,
+    assert cli(["run", str(config), "--out", str(out)], tmp_path, "before:history.jsonl:3") == (
+        -signal.SIGKILL
     )
-    assert child.returncode == -signal.SIGKILL, child.stderr
     text = (out / RunDir.HISTORY).read_text()
     assert not text.endswith("\n") and len(text.splitlines()) > 8  # a line cut in half
     assert RunDir(out).load_checkpoint()["loop"]["evals"] == 8
@@ -318,12 +301,7 @@ def test_a_run_killed_at_a_random_moment_resumes_exactly(tmp_path: Path) -> None
     """A real ``kill -9`` from outside, whenever it lands."""
     config = _config_file(tmp_path, "ga", 100_000)
     out = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "searchprune.cli", "run", str(config), "--out", str(out)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_run(config, out)
     _wait_for_lines(out, 200)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -352,13 +330,7 @@ def test_an_interrupted_run_saves_its_best_and_resumes_exactly(
 ) -> None:
     config = _config_file(tmp_path, "ga", 100_000)  # still running when the signal lands
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "searchprune.cli", "run", str(config), "--out", str(out)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_run(config, out, stderr=subprocess.PIPE)
     _wait_for_lines(out, 16)
     process.send_signal(sig)
     _, err = process.communicate(timeout=300)

@@ -7,6 +7,8 @@ the fix), 1 on a failure while running, 130 on SIGINT (Ctrl-C) and 143 on SIGTER
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -16,12 +18,12 @@ from searchprune.config import ConfigError, load_config, read_config_data
 
 
 def _run(args: argparse.Namespace) -> int:
-    from searchprune.rundir import RunDir
     from searchprune.runner import run
+    from searchprune.trust import check_plugins, read_received_config
 
     if args.resume:
-        config = RunDir(args.resume).read_config(args.set)
-        if args.config:
+        config = read_received_config(args.resume, args.set, trust=True)
+        if args.config:  # the user's own CONFIG names the same plug-ins: they chose them
             given = load_config(args.config).resolved()
             saved = {**config.resolved(), "run": given["run"]}
             if {**given, "run": given["run"]} != saved:
@@ -29,6 +31,8 @@ def _run(args: argparse.Namespace) -> int:
                     f"{args.config} differs from the config of the run in {args.resume}; "
                     "resume without CONFIG, or start a new run with --out"
                 )
+        elif not args.trust_plugins:
+            check_plugins(config, args.resume)
         run(config, args.resume, resume=True)
         return 0
     if not args.config:
@@ -38,8 +42,39 @@ def _run(args: argparse.Namespace) -> int:
         overrides += ["evaluator.name=ray", f"evaluator.address={args.ray_address}"]
     config = load_config(args.config, overrides)
     out = args.out or Path("runs") / f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run(config, out)
+    _check_out(out)
+    created = not out.exists()
+    try:
+        run(config, out)
+    except ConfigError:
+        if created:  # a rejected config leaves no directory behind for a later run to reuse
+            _remove_rejected(out)
+        raise
     return 0
+
+
+def _remove_rejected(out: Path) -> None:
+    """Remove the directory a rejected run made, unless another process holds it or a
+    run has results there."""
+    from searchprune.rundir import RunDir
+
+    files = RunDir(out)
+    if not out.is_dir():
+        return
+    try:
+        with files.lock():
+            if not files.holds_run:
+                shutil.rmtree(out, ignore_errors=True)
+    except ConfigError:  # another searchprune process holds it: it is theirs
+        pass
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is a file or lies under one (a usage error, exit 2)."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == out else f"lies under {path}, which is a file"
+            raise ConfigError(f"--out {out}: {where}; choose a directory")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -47,7 +82,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     data = read_config_data(args.config, args.set)
     out = args.out or Path("runs") / f"compare-{Path(args.config).stem}"
-    compare(data, out)
+    _check_out(out)
+    compare(data, out, rerun_changed=args.rerun_changed)
     return 0
 
 
@@ -55,7 +91,7 @@ def _export(args: argparse.Namespace) -> int:
     from searchprune.export import export_run
 
     try:
-        path = export_run(args.run_dir, args.format, args.out)
+        path = export_run(args.run_dir, args.format, args.out, trust_plugins=args.trust_plugins)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     print(f"wrote {path}")
@@ -117,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="evaluate on this Ray cluster (sets evaluator.name=ray)",
     )
+    run_parser.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="with --resume: import the plug-ins the run directory's config names even when "
+        "they are not in the working directory or a searchprune plug-in package",
+    )
     run_parser.set_defaults(handler=_run)
     compare_parser = commands.add_parser(
         "compare", help="run several methods over budgets and seeds; write tables and plots"
@@ -134,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="output directory (default runs/compare-<config>); reruns reuse finished runs",
     )
+    compare_parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="run again (replacing them) the runs whose saved config differs from the "
+        "comparison's; without it such runs are refused",
+    )
     compare_parser.set_defaults(handler=_compare)
     export_parser = commands.add_parser("export", help="write a run's best model to a file")
     export_parser.add_argument("run_dir", type=Path, help="a finished run directory")
@@ -143,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument(
         "--out", type=Path, help="file to write (default RUN_DIR/model-FORMAT.pt)"
     )
+    export_parser.add_argument(
+        "--trust-plugins",
+        action="store_true",
+        help="import the plug-ins the run directory's config names even when they are not "
+        "in the working directory or a searchprune plug-in package",
+    )
     export_parser.set_defaults(handler=_export)
     list_parser = commands.add_parser(
         "list", help="list tasks, searchers, methods, criteria, fitness"
@@ -151,11 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again."""
+    try:
+        descriptor = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(descriptor, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (captured)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args))
+        code = int(args.handler(args))
+        sys.stdout.flush()  # here, where a reader that left is handled below
+        return code
     except ConfigError as error:
         print(f"searchprune: config error: {error}", file=sys.stderr)
         return 2
@@ -167,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return interrupt.exit_code
         print("searchprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`searchprune list | head`): stop quietly
+        _silence_stdout()
+        return 0 if args.command == "list" else 1
     except Exception as error:
         print(f"searchprune: error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

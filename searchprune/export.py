@@ -20,34 +20,65 @@ to a tolerance relative to the outputs' scale (float32 rounding in a deep net pa
 from __future__ import annotations
 
 from pathlib import Path
+from zipfile import BadZipFile
 
 import torch
 from torch import nn
 
-from searchprune.assemble import build_problem, build_task
+from searchprune.assemble import build_problem, build_task, restore_scored
+from searchprune.config import ConfigError
 from searchprune.core.masks import MaskSet
 from searchprune.kernels import compact, sparsify
 from searchprune.kernels.check import check_outputs
 from searchprune.latency import LatencyModel
 from searchprune.problem import Problem
 from searchprune.rundir import RunDir
+from searchprune.trust import read_received_config
 
 FORMATS = ("compact", "sparse", "masked", "torch-prune")
 
 
-def load_run_problem(run_dir: Path) -> tuple[Problem, MaskSet]:
-    """The problem of a finished run (with a training-time method's trained weights) and
-    its best masks."""
+def load_run_problem(run_dir: Path, *, trust_plugins: bool = False) -> tuple[Problem, MaskSet]:
+    """The problem of a finished run, on the dense weights the run scored (with a
+    training-time method's trained weights), and its best masks.
+
+    The run directory's config is read as a received one: its plug-ins are checked
+    (:mod:`searchprune.trust`) unless ``trust_plugins``.
+    """
     files = RunDir(run_dir)
-    config = files.read_config()
+    config = read_received_config(run_dir, trust=trust_plugins)
+    masks = _best_masks(files)
     task = build_task(config)
-    if (files / RunDir.TRAINED_MODEL).exists():
-        task.model.load_state_dict(torch.load(files / RunDir.TRAINED_MODEL, weights_only=True))
+    stored = files.load_dense_model()
+    if stored is not None:  # (older run directories have none: the factory rebuilds it)
+        restore_scored(config, task, stored, files.path)
+    trained = files / RunDir.TRAINED_MODEL
+    if trained.exists():
+        try:
+            task.model.load_state_dict(torch.load(trained, map_location="cpu", weights_only=True))
+        except Exception as error:  # a damaged file, or one that is not a state dict
+            raise ConfigError(
+                f"{trained} cannot be loaded ({type(error).__name__}: {error}); the run "
+                "directory is damaged"
+            ) from None
     measured = files / RunDir.LATENCY_MODEL
     problem = build_problem(
         config, task, LatencyModel.load(measured) if measured.exists() else None
     )
-    return problem, files.load_best_masks()
+    return problem, masks
+
+
+def _best_masks(files: RunDir) -> MaskSet:
+    """The run's best masks, with an error naming the file when it is damaged."""
+    try:
+        return files.load_best_masks()
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, BadZipFile) as error:
+        raise ConfigError(
+            f"{files / RunDir.BEST_MASKS} cannot be read ({type(error).__name__}: {error}); "
+            "the run directory is damaged"
+        ) from None
 
 
 def _exported_module(
@@ -64,8 +95,11 @@ def _exported_module(
     return scored
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
-    """Write the run's best model in format ``fmt``; return the file written.
+def export_run(
+    run_dir: str | Path, fmt: str, out: str | Path | None = None, *, trust_plugins: bool = False
+) -> Path:
+    """Write the run's best model in format ``fmt``; return the file written
+    (``trust_plugins``: see :func:`load_run_problem`).
 
     :raises ValueError: for an unknown format, or an export that does not reproduce the
         masked model's outputs.
@@ -73,7 +107,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
-    problem, masks = load_run_problem(run_dir)
+    problem, masks = load_run_problem(run_dir, trust_plugins=trust_plugins)
     target = Path(out) if out else run_dir / f"model-{fmt}.pt"
     batch = problem.val.first_batch()[0]
     copy_of_scored = problem.masked_copy(masks)

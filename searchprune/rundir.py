@@ -206,6 +206,8 @@ WRITE_POINTS = tuple(
     f"{phase}:{name}"
     for name in (
         "config.yaml",
+        "dense_model.pt",
+        "dense_model.json",
         "latency_model.json",
         "history.jsonl",
         "checkpoint.npz",
@@ -230,6 +232,8 @@ class RunDir:
     PICKLED_CHECKPOINT = "checkpoint.pkl"  # written by searchprune before 0.1; never read
     LATENCY_MODEL = "latency_model.json"
     TRAINED_MODEL = "trained_model.pt"
+    DENSE_MODEL = "dense_model.pt"  # the dense weights the run scores
+    DENSE_RECORD = "dense_model.json"  # their fingerprint and val accuracy
     BEST_MASKS = "best_masks.npz"
     SUMMARY = "summary.json"
     LOCK = "run.lock"
@@ -410,6 +414,35 @@ class RunDir:
     def save_trained_model(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Keep a training-time method's trained weights (read with ``weights_only``)."""
         write_atomically(self / self.TRAINED_MODEL, lambda path: torch.save(dict(state_dict), path))
+
+    def save_dense_model(
+        self, state_dict: Mapping[str, torch.Tensor], record: Mapping[str, Any]
+    ) -> None:
+        """Keep the dense weights the run scores and their record (fingerprint, val
+        accuracy; :func:`searchprune.assemble.dense_record`), the record last."""
+        write_atomically(self / self.DENSE_MODEL, lambda path: torch.save(dict(state_dict), path))
+        write_json(self / self.DENSE_RECORD, record)
+
+    def load_dense_model(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The dense weights the run scored and their record (``None`` for a run that
+        did not save them); the weights are read with ``weights_only=True``.
+
+        :raises ConfigError: naming the file when it is damaged.
+        """
+        weights, record = self / self.DENSE_MODEL, self / self.DENSE_RECORD
+        if not (weights.exists() and record.exists()):
+            return None
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            info = json.loads(record.read_text())
+            if not isinstance(state, dict) or not isinstance(info, dict):
+                raise TypeError("not a state dict and a JSON object")
+        except Exception as error:  # torch.load raises many kinds on a damaged file
+            raise ConfigError(
+                f"{weights} or {record} cannot be read ({type(error).__name__}: {error}); "
+                "the run directory is damaged"
+            ) from None
+        return state, info
 
     # --------------------------------------------------------------- results
     def save_best_masks(self, masks: MaskSet) -> None:

@@ -31,7 +31,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from searchprune.assemble import build_problem, build_task
+from searchprune.assemble import (
+    build_problem,
+    build_task,
+    check_rebuilt,
+    dense_record,
+    scored_state,
+)
 from searchprune.config import Config, ConfigError
 from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
@@ -80,6 +86,7 @@ def build_evaluator(config: Config, problem: Problem, budget_mode: BudgetMode) -
         address=spec.address,
         chunk=spec.chunk,
         max_deaths=spec.max_deaths,
+        connect_timeout=spec.connect_timeout_s,
         cache=spec.cache,
         budget_mode=budget_mode,
     )
@@ -437,6 +444,12 @@ def run(
         measured = run_dir.load_latency_model() if resume else None
         try:
             task = build_task(config)
+            if resume and run_dir.started:  # the run continues on the model it scored
+                stored = run_dir.load_dense_model()
+                if stored is not None:
+                    check_rebuilt(config, task, stored[1], run_dir.path)
+            else:
+                run_dir.save_dense_model(scored_state(task), dense_record(config, task))
             problem = build_problem(config, task, measured)
         except SpecError as error:
             raise ConfigError(str(error)) from None

@@ -58,7 +58,7 @@ def test_compare_end_to_end_and_rerun_reuses_runs(
     for row in rows:
         assert row["seeds"] == "2"
         expected = 1 if row["method"] == "magnitude-global" else 32
-        assert float(row["evaluations"]) == expected
+        assert float(row["unique_evaluations"]) == expected
         assert float(row["sparsity"]) >= float(row["budget"].split()[1]) - 1e-6
     markdown = (out / "compare.md").read_text()
     assert "| digits-mlp | sparsity 0.9 | ga |" in markdown
@@ -72,7 +72,7 @@ def test_compare_end_to_end_and_rerun_reuses_runs(
 def test_compare_config_errors() -> None:
     with pytest.raises(ConfigError, match="needs a 'compare' section"):
         plan({"task": "digits-mlp"})
-    with pytest.raises(ConfigError, match="compare.methods: unknown searcher or method 'gaa'"):
+    with pytest.raises(ConfigError, match="compare.methods: unknown searcher, method or variant"):
         plan(
             {"task": "digits-mlp", "compare": {"methods": ["gaa"], "budgets": [{"sparsity": 0.5}]}}
         )
@@ -92,3 +92,65 @@ def test_compare_config_errors() -> None:
         }
     )
     assert [c.method for c in cells] == ["ga", "ga"] and skipped and "cmaes" in skipped[0]
+
+
+def _compare_config(tmp_path: Path, **compare: object) -> Path:
+    data = {
+        "task": "digits-mlp",
+        "run": {"max_evals": 16},
+        "compare": {
+            "methods": ["random"],
+            "budgets": [{"sparsity": 0.8}],
+            "settings": {"random": {"population": 8}},
+            **compare,
+        },
+    }
+    return _write(tmp_path, data)
+
+
+def test_every_cells_settings_are_checked_before_the_first_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _compare_config(
+        tmp_path,
+        methods=["random", "ga"],
+        settings={"random": {"population": 8}, "ga": {"populaton": 8}},
+    )
+    out = tmp_path / "cmp"
+    assert main(["compare", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "run digits-mlp/sparsity-0.8/ga-s0" in err
+    assert "searcher.populaton: unknown key for searcher 'ga'" in err
+    assert not out.exists(), "nothing ran"
+    typo = _compare_config(tmp_path, settings={"randon": {"population": 8}})
+    assert main(["compare", str(typo), "--out", str(out)]) == 2
+    assert "compare.settings: unknown method of compare.methods 'randon'" in (
+        capsys.readouterr().err
+    )
+
+
+def test_runs_of_other_settings_are_refused_until_asked_to_rerun(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _compare_config(tmp_path)
+    out = tmp_path / "cmp"
+    run = out / "runs" / "digits-mlp" / "sparsity-0.8" / "random-s0"
+    assert main(["compare", str(config), "--out", str(out)]) == 0
+    stamp = (run / "summary.json").stat().st_mtime_ns
+    larger = ["compare", str(config), "--out", str(out), "--set", "run.max_evals=24"]
+    assert main(larger) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: run.max_evals: 16 -> 24" in err and "--rerun-changed" in err
+    assert (run / "summary.json").stat().st_mtime_ns == stamp, "the old run is left alone"
+
+    # a run cut short (no summary yet) is not resumed under another population either
+    (run / "summary.json").unlink()
+    smaller = ["compare", str(config), "--out", str(out)]
+    smaller += ["--set", "compare.settings.random.population=4"]
+    assert main(smaller) == 2
+    assert f"{run}: searcher.population: 8 -> 4" in capsys.readouterr().err
+
+    assert main([*larger, "--rerun-changed"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["unique_evaluations"] == 24
+    assert main(larger) == 0, "the rerun run matches its cell now"

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor, nn
 
 from searchprune.core.channels import NORM_TYPES, UNOWNED
@@ -147,6 +145,10 @@ def _result(
         b = np.concatenate([e[1] for e in walker.edges])
     else:
         a = b = np.zeros(0, dtype=np.int64)
+    # imported here: scipy costs ~0.5 s, and `import searchprune` must stay light
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     adjacency = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, label = connected_components(adjacency, directed=False)
     label = label.astype(np.int64)

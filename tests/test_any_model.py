@@ -87,7 +87,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor], int]] = {
         _images(32),
         13,
     ),
-    "convnext": (_convnext, _images(32), 2),
+    "convnext": (_convnext, _images(32), 4),
     "regnet_y_400mf": (lambda: tv.models.regnet_y_400mf(num_classes=10), _images(32), 53),
     "vit": (
         lambda: timm.create_model(

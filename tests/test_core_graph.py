@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,9 @@ from torch.nn import functional as F
 
 from searchprune.core.graph import DependencyGraph, build_dependency_graph
 from searchprune.core.layers import LayerInfo, NoPrunableLayerError, discover_layers
+from searchprune.core.masks import MaskSet, apply_masks
+from searchprune.kernels import compact
+from searchprune.kernels.check import check_outputs
 from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet, Mnist1dCNN
 
 
@@ -204,32 +209,48 @@ def test_depthwise_grouped_gate_concat_and_chunk() -> None:
     np.testing.assert_array_equal(graph.rows["left"], graph.rows["right"])  # added
 
 
-def test_nonzero_maps_and_layer_norm_freeze_with_their_reason() -> None:
-    class Frozen(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Conv2d(3, 8, 1)
-            self.b = nn.Conv2d(8, 8, 1)
-            self.c = nn.Linear(8, 16)
-            self.norm = nn.LayerNorm(16)
-            self.d = nn.Linear(16, 4)
-            self.e = nn.Linear(4, 2)
+class _ChannelsLast(nn.Module):
+    def __init__(self, affine: bool = True) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Linear(8, 16)
+        self.norm = nn.LayerNorm(16, elementwise_affine=affine)
+        self.d = nn.Linear(16, 4)
+        self.e = nn.Linear(4, 2)
 
-        def forward(self, x: Tensor) -> Tensor:
-            h = self.b(torch.sigmoid(self.a(x)))  # sigmoid(0) = 0.5 reaches b
-            h = self.c(h.permute(0, 2, 3, 1))  # channels last: a Linear on (B, H, W, C)
-            h = F.gelu(self.d(self.norm(h)))
-            return self.e(h.mean((1, 2)))
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.b(torch.sigmoid(self.a(x)))  # sigmoid(0) = 0.5 reaches b
+        h = self.c(h.permute(0, 2, 3, 1))  # channels last: a Linear on (B, H, W, C)
+        h = F.gelu(self.d(self.norm(h)))
+        return self.e(h.mean((1, 2)))
 
-    layers, graph = _layers_and_graph(Frozen(), torch.randn(1, 3, 4, 4))
+
+def test_nonzero_maps_freeze_and_layer_norm_runs_on_zero_padded_channels() -> None:
+    model = _ChannelsLast()
+    layers, graph = _layers_and_graph(model, torch.randn(1, 3, 4, 4))
     assert "maps a removed channel's 0 to a nonzero value" in str(_group(graph, "a").frozen)
-    assert "LayerNorm" in str(_group(graph, "c").frozen)
     assert _group(graph, "b").prunable  # permuted channels reach the Linear c
-    assert _group(graph, "d").prunable
     c_cols = graph.cols["c"]
     assert c_cols is not None
     np.testing.assert_array_equal(c_cols, graph.rows["b"])
     assert next(la for la in layers if la.name == "c").positions == 16
+    # the LayerNorm's statistics mix c's channels: compact runs it on zero-padded input
+    elements, dim, affine = graph.padded["norm"]
+    np.testing.assert_array_equal(elements, graph.rows["c"])
+    assert (dim, affine) == (3, True) and _group(graph, "c").prunable
+    keep = torch.arange(16) % 3 != 0
+    masks = MaskSet("channel", channels={"c": keep, "norm": keep})
+    small = compact(model, masks, layers, graph)
+    assert small.get_submodule("d").in_features == int(keep.sum())
+    masked = copy.deepcopy(model)
+    apply_masks(masked, masks)
+    x = torch.randn(5, 3, 4, 4)
+    with torch.no_grad():
+        check_outputs(small(x), masked(x), "compact with a LayerNorm")
+    # without an affine to mask, a normalized zero is not zero: the channels stay
+    _, plain = _layers_and_graph(_ChannelsLast(affine=False), torch.randn(1, 3, 4, 4))
+    assert "nonzero" in str(_group(plain, "c").frozen)
 
 
 def test_fixed_sizes_and_positions_in_the_code_freeze_what_they_pin() -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch import fx
+from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
@@ -19,6 +19,14 @@ UNOWNED = 0
 """The node of channels no layer produces (model inputs, unknown ops): never removable."""
 
 NORM_TYPES = (_BatchNorm, _InstanceNorm)
+
+MIXING_NORMS = tuple(
+    getattr(nn, name)
+    for name in ("LayerNorm", "GroupNorm", "LocalResponseNorm", "RMSNorm")
+    if hasattr(nn, name)
+)
+"""Norms whose statistics mix channels: compact runs them on their input with the
+removed channels put back as zeros (what the masked model normalized)."""
 """Per-channel norms whose channels follow the channel groups (masked and shrunk)."""
 
 ZERO_CALLS = {
@@ -115,12 +123,14 @@ class Source:
 @dataclass(frozen=True)
 class ParamVec:
     """A parameter (or buffer) holding one value per channel: ``length`` values along
-    dim ``dim`` of a tensor of ``ndim`` dims (other dims of size 1 or broadcast)."""
+    dim ``dim`` of a tensor of ``ndim`` dims (other dims of size 1 or broadcast).
+    ``fixed`` when the code reshapes it to a size written in it (it cannot be sliced)."""
 
     name: str
     length: int
     dim: int
     ndim: int
+    fixed: bool = False
 
 
 Value = Source | ParamVec | tuple[Any, ...] | None

@@ -83,7 +83,10 @@ class DependencyGraph:
     element of each position of their output's channel dims and the MACs of each;
     ``other_flops`` the MACs of the other such products.
     ``patches`` are module attributes (an attention module's head count) compact sets to
-    the number of their elements kept.
+    the number of their elements kept. ``padded`` are norms whose statistics mix channels
+    (LayerNorm, GroupNorm): the element of each channel, the dim it is on and whether the
+    norm has a per-channel affine (masked with the channels); compact runs them with the
+    removed channels put back as zeros.
     """
 
     groups: list[ChannelGroup]
@@ -99,6 +102,7 @@ class DependencyGraph:
     other_flops: int = 0
     patches: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
     products: list[tuple[np.ndarray, int]] = field(default_factory=list)
+    padded: dict[str, tuple[np.ndarray, int, bool]] = field(default_factory=dict)
 
     def prunable_groups(self) -> list[ChannelGroup]:
         return [group for group in self.groups if group.prunable]
@@ -170,6 +174,9 @@ def _result(
     cols = {name: None if c is None else element[c] for name, c in walker.cols.items()}
     norms = {name: element[nodes] for name, nodes in walker.norms.items()}
     params = {name: element[nodes] for name, nodes in walker.params.items()}
+    padded = {
+        name: (element[nodes], dim, affine) for name, (nodes, dim, affine) in walker.padded.items()
+    }
 
     # elements that play the same part everywhere (same rows, columns and channels per
     # layer, norm and parameter) form one group
@@ -178,6 +185,7 @@ def _result(
         *(c for c in cols.values() if c is not None),
         *norms.values(),
         *params.values(),
+        *(elements for elements, _, _ in padded.values()),
     ]
     h1 = np.zeros(count, dtype=np.uint64)
     h2 = np.zeros(count, dtype=np.uint64)
@@ -256,6 +264,7 @@ def _result(
         notices=notices,
         patches=[(owner, attr, element[nodes]) for owner, attr, nodes in walker.patches],
         products=[(element[nodes], macs) for nodes, macs in walker.products],
+        padded=padded,
     )
 
 

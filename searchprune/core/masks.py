@@ -190,23 +190,26 @@ class MaskApplier:
 
     def __init__(self, model: nn.Module, layers: list[str], norms: list[str]) -> None:
         self.model = model
-        modules = dict(model.named_modules())
         self._tensors: dict[str, tuple[Tensor, Tensor]] = {}
         self._weight: dict[str, str] = {}  # name -> key of its weight in _tensors
         self._bias: dict[str, str] = {}
         for name in [*layers, *norms]:
-            module = modules[name]
-            weight_attr, bias_attr = weight_attrs(module)
-            self._weight[name], self._bias[name] = f"{name}.{weight_attr}", f"{name}.{bias_attr}"
-            attrs = (weight_attr, bias_attr, "running_mean", "running_var", "num_batches_tracked")
-            for attr in attrs:
-                tensor = getattr(module, attr, None)
-                if isinstance(tensor, Tensor):
-                    self._tensors[f"{name}.{attr}"] = (tensor.data, tensor.detach().clone())
+            self._register(name)
         self._touched: set[str] = set()
         self._orders: dict[str, Tensor] = {}
         self._views: dict[str, tuple[Tensor, Tensor]] = {}
         self._prefix: dict[str, int] = {}  # weight key -> k zeroed by apply_ranked
+
+    def _register(self, name: str) -> None:
+        """Keep dense copies of module ``name``'s maskable tensors."""
+        module = self.model.get_submodule(name)
+        weight_attr, bias_attr = weight_attrs(module)
+        self._weight[name], self._bias[name] = f"{name}.{weight_attr}", f"{name}.{bias_attr}"
+        attrs = (weight_attr, bias_attr, "running_mean", "running_var", "num_batches_tracked")
+        for attr in attrs:
+            tensor = getattr(module, attr, None)
+            if isinstance(tensor, Tensor):
+                self._tensors[f"{name}.{attr}"] = (tensor.data, tensor.detach().clone())
 
     def __getstate__(self) -> dict[str, object]:
         """Pickle the dense copies only: the live tensors are the model's own, and must be
@@ -235,9 +238,12 @@ class MaskApplier:
         """Register, per layer, its flat weight indices from lowest to highest score."""
         for name, order in orders.items():
             live = self._tensors[self._weight[name]][0]
-            # logical (row-major) index -> offset in memory, so channels_last works too
-            offsets = torch.arange(live.numel()).as_strided(live.shape, live.stride()).reshape(-1)
-            self._orders[self._weight[name]] = offsets[order.to(torch.int64)].to(live.device)
+            order = order.to(torch.int64)
+            if not live.is_contiguous():
+                # logical (row-major) index -> offset in memory, so channels_last works too
+                offsets = torch.arange(live.numel()).as_strided(live.shape, live.stride())
+                order = offsets.reshape(-1)[order]
+            self._orders[self._weight[name]] = order.to(live.device)
 
     def apply_ranked(self, removed: Mapping[str, int]) -> None:
         """Zero the ``removed[layer]`` lowest-ranked weights of each layer (ranks from
@@ -290,6 +296,8 @@ class MaskApplier:
         for name, mask in masks.weights.items():
             self._set(self._weight[name], mask)
         for name, channel in masks.channels.items():
+            if name not in self._weight:  # a module masked for the first time (a LayerNorm)
+                self._register(name)
             key = self._weight.get(name, "")
             if name not in masks.weights and key in self._tensors:
                 live = self._tensors[key][0]

@@ -61,8 +61,11 @@ def _alive_and_forced(
         if layer.has_bias and layer.kind != "mha_in_proj":
             rows |= masks.channels.get(layer.name, torch.ones_like(rows)).cpu()
         alive[_index(graph.rows[layer.name])[rows]] = True
-    for name, elements in graph.norms.items():
-        if graph.per_channel.get(name, 0) == 0:
+    affine = {name: graph.per_channel.get(name, 0) > 0 for name in graph.norms}
+    affine.update({name: flag for name, (_, _, flag) in graph.padded.items()})
+    padded = {name: elements for name, (elements, _, _) in graph.padded.items()}
+    for name, elements in {**graph.norms, **padded}.items():
+        if not affine[name]:
             alive[_index(elements)] = True  # no affine to mask: it emits -mean/std
             continue
         kept = masks.channels.get(name)

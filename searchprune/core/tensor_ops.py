@@ -745,6 +745,8 @@ class TensorOps:
                     if axes != (at,) or nodes.shape != (value.length,):
                         self.give_up(node, env, f"combined by {name} with parameter {value.name}")
                         return None
+                    if value.fixed:
+                        self.freeze_nodes(nodes, f"scaled by {value.name}, a size fixed in code")
                     self.attach(value.name, nodes)
                 if additive:
                     zero = np.zeros_like(zero)
@@ -762,7 +764,9 @@ class TensorOps:
                 zero = np.zeros_like(zero)
         return Source(axes, nodes, zero)
 
-    def param_op(self, name: str, param: ParamVec, out_shape: tuple[int, ...] | None) -> Value:
+    def param_op(
+        self, node: fx.Node, name: str, param: ParamVec, out_shape: tuple[int, ...] | None
+    ) -> Value:
         """Views of a per-channel parameter (``gamma.reshape(1, -1, 1, 1)``)."""
         if out_shape is None:
             return None
@@ -770,9 +774,10 @@ class TensorOps:
             big = [d for d, size in enumerate(out_shape) if size == param.length]
             if name in ("expand", "expand_as"):
                 at = param.dim + len(out_shape) - param.ndim
-                return ParamVec(param.name, param.length, at, len(out_shape))
+                return ParamVec(param.name, param.length, at, len(out_shape), param.fixed)
             if math.prod(out_shape) == param.length and len(big) == 1:
-                return ParamVec(param.name, param.length, big[0], len(out_shape))
+                fixed = param.fixed or big[0] in fixed_sizes(node, name, len(out_shape))
+                return ParamVec(param.name, param.length, big[0], len(out_shape), fixed)
             if name in ("to", "type_as", "float", "contiguous"):
                 return param
         return None

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from searchprune.core.channels import NORM_TYPES
+from searchprune.core.channels import MIXING_NORMS, NORM_TYPES
 from searchprune.core.layers import CallRecorder, LayerInfo
 
 
@@ -28,7 +28,7 @@ class _LeafTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.stop:
             return True
-        if isinstance(m, (NORM_TYPES, nn.MultiheadAttention)):
+        if isinstance(m, (*NORM_TYPES, *MIXING_NORMS, nn.MultiheadAttention)):
             return True
         if m.__module__.startswith("torch.nn") and next(m.children(), None) is not None:
             return False

@@ -275,7 +275,8 @@ class CostModel:
             element_keep[torch.from_numpy(unit.elements)] = mask.bool().cpu()
             touched[unit.elements] = True
         channels: dict[str, Tensor] = {}
-        for name, elements in {**graph.rows, **graph.norms}.items():
+        padded = {name: elements for name, (elements, _, _) in graph.padded.items()}
+        for name, elements in {**graph.rows, **graph.norms, **padded}.items():
             if touched[elements].any():
                 channels[name] = element_keep[torch.from_numpy(elements)]
         return MaskSet("channel", channels=channels)

@@ -12,6 +12,7 @@ from torch import Tensor, fx, nn
 from searchprune.core.channels import (
     ADD,
     DIV,
+    MIXING_NORMS,
     MUL,
     NONZERO_CALLS,
     NORM_TYPES,
@@ -87,6 +88,7 @@ class Walker(TensorOps):
         self.rows: dict[str, np.ndarray] = {}
         self.cols: dict[str, np.ndarray | None] = {}
         self.norms: dict[str, np.ndarray] = {}
+        self.padded: dict[str, tuple[np.ndarray, int, bool]] = {}
 
     def layer_rows(self, name: str, count: int) -> np.ndarray:
         if name not in self.rows:
@@ -154,8 +156,8 @@ class Walker(TensorOps):
             return self.layer(name, first, in_shape, out_shape)
         if isinstance(module, NORM_TYPES):
             return self.channel_norm(name, module, first, in_shape)
-        if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)):
-            return self.mixing_norm(name, module, first, in_shape)
+        if isinstance(module, MIXING_NORMS):
+            return self.mixing_norm(name, module, first, in_shape, out_shape)
         if isinstance(module, _ZERO_MODULES):
             return self.elementwise(first, in_shape, out_shape, zero=True)
         if isinstance(module, nn.PReLU):
@@ -266,17 +268,37 @@ class Walker(TensorOps):
             self.norms[name] = nodes
 
     def mixing_norm(
-        self, name: str, module: nn.Module, source: Value, in_shape: tuple[int, ...] | None
+        self,
+        name: str,
+        module: nn.Module,
+        source: Value,
+        in_shape: tuple[int, ...] | None,
+        out_shape: tuple[int, ...] | None,
     ) -> Value:
-        """LayerNorm/GroupNorm: the statistics mix channels, so removing one changes the
-        others; the channels they normalize stay."""
+        """LayerNorm/GroupNorm/RMSNorm: the statistics mix channels. Over the dims of an
+        attention head, the head's channels leave whole; over one channel dim, compact
+        runs the norm on its input with the removed channels put back as zeros, which is
+        exact when they are zeros in the masked model (their affine masked with them)."""
         if not isinstance(source, Source) or in_shape is None:
             return None
-        if isinstance(module, nn.LayerNorm):
-            mixed = set(range(len(in_shape) - len(module.normalized_shape), len(in_shape)))
-        else:
-            mixed = set(range(1, len(in_shape)))
-        return self.mixed(source, mixed, f"normalized by {name} ({type(module).__name__})")
+        shape = getattr(module, "normalized_shape", None)
+        mixed = set(range(len(in_shape) - len(shape), len(in_shape))) if shape else None
+        if mixed is not None and len(source.axes) > 1 and not set(source.axes) <= mixed:
+            return self.mixed(source, mixed, f"normalized by {name} ({type(module).__name__})")
+        if len(source.axes) != 1 or out_shape != in_shape:
+            self.freeze(source, f"normalized by {name} across several channel dims")
+            return None
+        self.check_zero(source, name)
+        if name in self.padded and self.padded[name][0].shape == source.nodes.shape:
+            self.union(self.padded[name][0], source.nodes)
+        elif name in self.padded:
+            self.freeze(source, f"normalized by {name} in calls that differ")
+            return None
+        affine = isinstance(getattr(module, "weight", None), Tensor)
+        self.padded[name] = (source.nodes, source.axes[0], affine)
+        act = getattr(module, "act", None)  # timm's GroupNormAct and alike
+        zero = affine and not (isinstance(act, nn.Module) and not isinstance(act, _ZERO_MODULES))
+        return Source(source.axes, source.nodes, np.full(source.nodes.shape, zero))
 
     def prelu(self, name: str, module: nn.PReLU, source: Value) -> Value:
         if not isinstance(source, Source):
@@ -326,7 +348,7 @@ class Walker(TensorOps):
         if name in ADD | MUL | DIV and out_shape is not None:
             return self.merge(node, name, env, out_shape)
         if isinstance(first, ParamVec):
-            return self.param_op(name, first, out_shape)
+            return self.param_op(node, name, first, out_shape)
         meta = node.meta.get("tensor_meta")
         if out_shape is None and not isinstance(meta, (tuple, list)):
             returns_none = node.meta.get("type") is type(None)  # reads its arguments only

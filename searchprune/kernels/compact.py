@@ -103,6 +103,43 @@ def _tensor_at(model: nn.Module, name: str) -> Tensor:
     return tensor
 
 
+def _masked_norm(model: nn.Module, name: str, masks: MaskSet) -> nn.Module:
+    """A copy of norm ``name`` with its affine zeroed where ``masks`` remove channels."""
+    norm = copy.deepcopy(model.get_submodule(name))
+    channel_keep = masks.channels.get(name)
+    if channel_keep is not None:
+        for attr in ("weight", "bias"):
+            tensor = getattr(norm, attr, None)
+            if isinstance(tensor, Tensor):
+                tensor.mul_(channel_keep.to(tensor.device))
+    return norm
+
+
+class ZeroPaddedNorm(nn.Module):
+    """A norm whose statistics mix channels (LayerNorm, GroupNorm), run on its input with
+    the removed channels put back as zeros along ``dim``: exactly what the masked model
+    normalized. Returns the kept channels. The padding is shape-free, so a traced export
+    runs at any batch size."""
+
+    kept: Tensor
+    source: Tensor
+
+    def __init__(self, norm: nn.Module, keep: Tensor, dim: int) -> None:
+        super().__init__()
+        self.norm, self.dim = norm, dim
+        kept = keep.nonzero().flatten()
+        source = torch.full((len(keep),), len(kept), dtype=torch.long)  # the zero channel
+        source[kept] = torch.arange(len(kept))
+        self.register_buffer("kept", kept)
+        self.register_buffer("source", source)
+
+    def forward(self, x: Tensor) -> Tensor:
+        zero = torch.zeros_like(x.narrow(self.dim, 0, 1))
+        full = torch.cat([x, zero], self.dim).index_select(self.dim, self.source)
+        out: Tensor = self.norm(full)
+        return out.index_select(self.dim, self.kept)
+
+
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -186,15 +223,10 @@ def compact(
             )
         _replace(small, layer.name, new)
     for name, elements in graph.norms.items():
-        norm = model.get_submodule(name)
-        channel_keep = masks.channels.get(name)
-        if channel_keep is not None:
-            norm = copy.deepcopy(norm)
-            for attr in ("weight", "bias"):
-                tensor = getattr(norm, attr, None)
-                if isinstance(tensor, Tensor):
-                    tensor.mul_(channel_keep.to(tensor.device))
-        _replace(small, name, _shrunk_norm(norm, keep(elements)))
+        _replace(small, name, _shrunk_norm(_masked_norm(model, name, masks), keep(elements)))
+    for name, (elements, dim, _) in graph.padded.items():
+        kept, norm = keep(elements), _masked_norm(model, name, masks)
+        _replace(small, name, norm if bool(kept.all()) else ZeroPaddedNorm(norm, kept, dim))
     for owner, attr, elements in graph.patches:  # an attention module's head count
         setattr(small.get_submodule(owner), attr, int(keep(elements).sum()))
     for name, elements in graph.params.items():

@@ -211,6 +211,13 @@ class CallRecorder(TorchFunctionMode):
         elif name == "scaled_dot_product_attention" and isinstance(out, Tensor):
             keys = int(args[1].shape[-2])
             self.matmul_macs += keys * (args[0].numel() + out.numel())
+        elif name == "einsum" and isinstance(args[0], str):
+            operands = (
+                args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+            )
+            self.matmul_macs += _einsum_macs(
+                args[0], [t for t in operands if isinstance(t, Tensor)]
+            )
 
     def _attention(self, args: tuple[Any, ...], kwargs: Any, out: Any) -> None:
         names = [
@@ -225,6 +232,23 @@ class CallRecorder(TorchFunctionMode):
         self._seen(given["in_proj_weight"], tokens)
         self._seen(given["out_proj_weight"], tokens)
         self.matmul_macs += 2 * tokens * int(key.shape[0]) * embed  # q k^T and attention v
+
+
+def _einsum_macs(equation: str, operands: list[Tensor]) -> int:
+    """MACs of an ``einsum`` of two or more operands: one per combination of the sizes of
+    every index (each output element sums over the contracted ones); 0 for one operand."""
+    if len(operands) < 2:
+        return 0
+    sizes: dict[str, int] = {}
+    for labels, operand in zip(equation.split("->")[0].split(","), operands, strict=False):
+        labels = labels.strip()
+        if "..." in labels:  # broadcast dims: as many as the operand has beyond the labels
+            head, tail = labels.split("...")
+            extra = operand.dim() - len(head) - len(tail)
+            labels = head + "".join(chr(0x100 + i) for i in range(extra)) + tail
+        for label, size in zip(labels, operand.shape, strict=False):
+            sizes[label] = max(sizes.get(label, 1), int(size))
+    return math.prod(sizes.values())
 
 
 def _is_linear_in_weight(module: nn.Module, example: tuple[object, ...]) -> bool:

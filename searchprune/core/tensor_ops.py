@@ -196,11 +196,12 @@ class TensorOps:
             return None
         widths = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
         value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
-        padded = (
-            set(range(len(in_shape) - len(widths) // 2, len(in_shape)))
-            if isinstance(widths, (list, tuple))
-            else set(range(len(in_shape)))
-        )
+        padded = set(range(len(in_shape)))
+        if isinstance(widths, (list, tuple)):  # (left, right) pairs from the last dim back
+            pairs = [widths[i : i + 2] for i in range(0, len(widths), 2)]
+            padded = {
+                len(in_shape) - 1 - k for k, pair in enumerate(pairs) if tuple(pair) != (0, 0)
+            }
         return self.along_other_dims(
             source, in_shape, out_shape, sorted(padded), "pad", zero=value in (0, 0.0, None)
         )
@@ -341,19 +342,22 @@ class TensorOps:
         if not isinstance(container, Source) or in_shape is None:
             return None
         items = list(index) if isinstance(index, tuple) else [index]
-        dynamic = [
-            i
-            for i in items
-            if isinstance(i, (fx.Node, list))
-            or (isinstance(i, slice) and any(isinstance(b, fx.Node) for b in (i.start, i.stop)))
-        ]
-        if dynamic:
-            self.freeze(container, "indexed by a tensor or by computed bounds")
+        if any(isinstance(i, (fx.Node, list)) for i in items):
+            self.freeze(container, "indexed by a tensor")
             return None
         if Ellipsis in items:
             at = items.index(Ellipsis)
             fill = len(in_shape) - (len(items) - 1 - items.count(None))
             items = items[:at] + [slice(None)] * fill + items[at + 1 :]
+        real = [i for i in items if i is not None]  # one per input dim
+        if any(
+            isinstance(i, slice)
+            and any(isinstance(b, fx.Node) for b in (i.start, i.stop))
+            and dim in container.axes
+            for dim, i in enumerate(real)
+        ):  # bounds computed from shapes: where they fall in the compact model is unknown
+            self.freeze(container, "sliced along channels by computed bounds")
+            return None
         nodes, zero = container.nodes, container.zero
         axes: list[int] = []
         position = {a: k for k, a in enumerate(container.axes)}

@@ -591,16 +591,18 @@ def versions(revision: str) -> str:
     return f"searchprune {revision}, " + ", ".join(f"{p} {version(p)}" for p in packages)
 
 
-def write_report(
-    records: list[dict[str, Any]], out: Path, seconds: int, wall: float, revision: str
-) -> None:
+def write_report(records: list[dict[str, Any]], out: Path, seconds: int, revision: str) -> None:
     """``out`` (markdown) and the CSV beside it, each written through a temporary file."""
+    busy = sum(record.get("seconds", 0.0) for record in records)
+    load = os.getloadavg()[2]
     header = (
         f"Written by `benchmarks/model_zoo.py` ({versions(revision)}; "
         f"{time.strftime('%Y-%m-%d')}). "
         f"Random weights, {NUM_CLASSES} classes, batch {BATCH}, {INPUT_SIZE}x{INPUT_SIZE} "
-        f"inputs unless *input* says otherwise; {seconds} s per step; the sweep took "
-        f"{wall / 60:.0f} min. See the script's docstring for what each step does."
+        f"inputs unless *input* says otherwise; {seconds} s per step. The per-model "
+        f"processes ran {busy / 60:.0f} min in all; the load average was {load:.1f} on "
+        f"{os.cpu_count()} cores at the end (timeouts depend on the load). See the script's "
+        "docstring for what each step does."
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
@@ -638,7 +640,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     models = args.models.split(",") if args.models else zoo_models()
     args.work.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
 
     def one(model_id: str) -> dict[str, Any]:
         path = args.work / f"{model_id.replace('/', '__')}.json"
@@ -653,8 +654,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         records = list(pool.map(one, models))
-    wall = time.perf_counter() - start
-    write_report(records, args.out, args.timeout, wall, args.revision or git_revision())
+    write_report(records, args.out, args.timeout, args.revision or git_revision())
     print(f"wrote {args.out} and {args.out.with_suffix('.csv')}")
     return 0
 

@@ -249,11 +249,11 @@ def fixed_positions(item: object, size: int) -> np.ndarray:
         bounds = [item + 1] if item >= 0 else [item]
     else:
         return fixed
-    for bound in bounds:
-        if bound >= 0:
-            fixed[: min(bound, size)] = True
-        else:
-            fixed[max(size + bound, 0) :] = True
+    for bound in bounds:  # a bound past the end stays past it in a smaller tensor
+        if 0 <= bound < size:
+            fixed[:bound] = True
+        elif -size < bound < 0:
+            fixed[size + bound :] = True
     return fixed
 
 

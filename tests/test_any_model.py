@@ -101,7 +101,12 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor], int]] = {
         _images(32),
         4,
     ),
-    "transformer_lm": (TinyLanguageModel, lambda: torch.randint(0, 50, (2, 12)), 2),
+    "transformer_lm": (TinyLanguageModel, lambda: torch.randint(0, 50, (2, 12)), 4),
+    "vit_torchvision": (
+        lambda: tv.models.VisionTransformer(32, 8, 2, 4, 32, 128, num_classes=10),
+        _images(32),
+        4,
+    ),
 }
 
 
@@ -110,6 +115,9 @@ def _problem(name: str, budget: Budget, granularity: str) -> tuple[Problem, Tens
     torch.manual_seed(0)
     model = build().eval()
     for module in model.modules():  # non-trivial BatchNorm statistics and shifts
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter) and not bool(weight.detach().any()):
+            nn.init.normal_(weight, std=0.02)  # a zero-initialized head outputs nothing
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
@@ -185,6 +193,31 @@ def test_weight_search_and_compact_export(name: str) -> None:
     attention = sum(len(positions) * macs for positions, macs in problem.graph.products)
     assert stats["flops"] == nonzero_macs + attention + problem.graph.other_flops
     assert stats["sparsity"] >= 0.5 - 1e-9
+
+
+def test_multihead_attention_loses_heads_in_a_module_that_can_have_fewer() -> None:
+    """nn.MultiheadAttention in nn.TransformerEncoderLayer: a head's packed q, k, v rows
+    and its out_proj columns leave together; compact swaps in a module with fewer heads,
+    which the encoder layer calls as before (and keeps off its fused path)."""
+    problem, x = _problem("transformer_lm", Budget("flops", 0.5), "channel")
+    name = "encoder.layers.0.self_attn"
+    heads = next(unit for unit in problem.cost.units if unit.layers == (name,))
+    assert heads.size == 4
+    assert np.bincount(heads.element_of[name]).tolist() == [3 * 8] * 4
+    keep = [torch.ones(unit.size, dtype=torch.bool) for unit in problem.cost.units]
+    keep[problem.cost.units.index(heads)] = torch.tensor([True, False, True, False])
+    masks = problem.cost.channel_masks(keep)
+    small = compact(problem.model, masks, problem.layers, problem.graph)
+    attention = small.get_submodule(name)
+    assert attention.num_heads == 2 and attention.in_proj_weight.shape == (48, 32)
+    assert small.get_submodule(f"{name}.out_proj").in_features == 16
+    with problem.masked(masks) as masked, torch.no_grad():
+        expected = masked(x)
+    with torch.no_grad():
+        check_outputs(small(x), expected, "language model without two heads")
+    stats = problem.exact_stats(masks)
+    assert stats["params"] == sum(p.numel() for p in small.parameters())
+    assert stats["flops"] == _real_flops(small, x)
 
 
 def test_attention_heads_leave_whole_and_the_module_is_told() -> None:

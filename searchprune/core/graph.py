@@ -86,7 +86,8 @@ class DependencyGraph:
     the number of their elements kept. ``padded`` are norms whose statistics mix channels
     (LayerNorm, GroupNorm): the element of each channel, the dim it is on and whether the
     norm has a per-channel affine (masked with the channels); compact runs them with the
-    removed channels put back as zeros.
+    removed channels put back as zeros. ``attentions`` are the ``nn.MultiheadAttention``
+    modules whose heads are followed: the element of each head (compact replaces them).
     """
 
     groups: list[ChannelGroup]
@@ -103,6 +104,7 @@ class DependencyGraph:
     patches: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
     products: list[tuple[np.ndarray, int]] = field(default_factory=list)
     padded: dict[str, tuple[np.ndarray, int, bool]] = field(default_factory=dict)
+    attentions: dict[str, np.ndarray] = field(default_factory=dict)
 
     def prunable_groups(self) -> list[ChannelGroup]:
         return [group for group in self.groups if group.prunable]
@@ -265,6 +267,7 @@ def _result(
         patches=[(owner, attr, element[nodes]) for owner, attr, nodes in walker.patches],
         products=[(element[nodes], macs) for nodes, macs in walker.products],
         padded=padded,
+        attentions={name: element[nodes] for name, nodes in walker.attentions.items()},
     )
 
 

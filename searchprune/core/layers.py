@@ -115,7 +115,7 @@ class LayerInfo:
     def bias_numel(self) -> int:
         if not self.has_bias:
             return 0
-        return 3 * self.weight_shape[1] if self.kind == "mha_in_proj" else self.out_channels
+        return self.out_channels
 
     @property
     def params(self) -> int:

@@ -58,7 +58,7 @@ def _alive_and_forced(
             continue  # their channels are frozen
         mask = masks.weight_mask(layer.name, layer.weight_shape).cpu()
         rows = mask.reshape(mask.shape[0], -1).any(dim=1)
-        if layer.has_bias and layer.kind != "mha_in_proj":
+        if layer.has_bias:
             rows |= masks.channels.get(layer.name, torch.ones_like(rows)).cpu()
         alive[_index(graph.rows[layer.name])[rows]] = True
     affine = {name: graph.per_channel.get(name, 0) > 0 for name in graph.norms}
@@ -114,8 +114,7 @@ def mask_stats(masks: MaskSet, layers: list[LayerInfo], graph: DependencyGraph) 
             columns = input_alive(layer, graph, alive)
             if columns is not None:
                 effective = effective & columns
-            if layer.kind != "mha_in_proj":
-                kept_bias = int(rows.sum()) if layer.has_bias else 0
+            kept_bias = int(rows.sum()) if layer.has_bias else 0
         else:
             effective = mask
         kept = int(effective.sum())

@@ -5,6 +5,7 @@ norms, activations, pooling, attention) and calls; tensor ops are in
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from torch import Tensor, fx, nn
@@ -89,6 +90,7 @@ class Walker(TensorOps):
         self.cols: dict[str, np.ndarray | None] = {}
         self.norms: dict[str, np.ndarray] = {}
         self.padded: dict[str, tuple[np.ndarray, int, bool]] = {}
+        self.attentions: dict[str, np.ndarray] = {}  # MultiheadAttention: a node per head
 
     def layer_rows(self, name: str, count: int) -> np.ndarray:
         if name not in self.rows:
@@ -311,25 +313,60 @@ class Walker(TensorOps):
         return source
 
     def attention(self, node: fx.Node, name: str, env: dict[fx.Node, Value]) -> Value:
-        """``nn.MultiheadAttention``: its projections are counted and masked at weight
-        granularity; its channels are frozen."""
-        layer = self.attention_of[name]
-        self.give_up(node, env, f"feeds attention {name}")
+        """``nn.MultiheadAttention``: self-attention reads its input's channels through the
+        packed projection, whose rows are heads (a head's q, k and v rows leave together,
+        with the out_proj columns that read them); compact replaces the module by one of
+        fewer heads. Other uses (cross-attention, per-head masks, attention weights read,
+        bias_k/v) keep its heads; it is counted and masked at weight granularity anyway."""
+        layer, module = self.attention_of[name], self.modules[name]
+        assert isinstance(module, nn.MultiheadAttention)
         rows = self.layer_rows(name, layer.out_channels)
-        self.freeze_nodes(rows, f"inside attention {name}")
-        self.set_cols(name, None)
         out_name = f"{name}.out_proj"
-        if out_name not in self.layers:
-            return None
-        out_rows = self.layer_rows(out_name, self.layers[out_name].out_channels)
-        self.freeze_nodes(out_rows, f"output of attention {name}")
-        self.set_cols(out_name, None)
         meta = node.meta.get("tensor_meta")
         first = meta[0] if isinstance(meta, (tuple, list)) and meta else None
         shape = getattr(first, "shape", None)
-        if shape is None:
+        if out_name not in self.layers or shape is None:
+            self.give_up(node, env, f"feeds attention {name}")
+            self.freeze_nodes(rows, f"inside attention {name}")
+            self.set_cols(name, None)
             return None
+        out_rows = self.layer_rows(out_name, self.layers[out_name].out_channels)
         output = Source((len(shape) - 1,), out_rows, np.ones(out_rows.shape, dtype=bool))
+        query, key, value = (arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
+        source = self.value(query, env)
+        mask = arg(node, 5, "attn_mask")
+        weights_read = bool(arg(node, 4, "need_weights", True)) and any(
+            name_of(user) == "getitem" and user.args[1] == 1 and user.users for user in node.users
+        )
+        heads = rows.reshape(3, module.num_heads, module.head_dim).transpose(1, 0, 2)
+        if (
+            query is not key
+            or key is not value
+            or (isinstance(source, Source) and source.axes != (len(shape) - 1,))
+            or module.bias_k is not None
+            or module.add_zero_attn
+            or weights_read
+            or (isinstance(mask, fx.Node) and len(shape_of(mask) or ()) > 2)
+        ):
+            self.give_up(node, env, f"feeds attention {name} (not plain self-attention)")
+            self.freeze_nodes(rows, f"inside attention {name} (not plain self-attention)")
+            self.set_cols(name, None)
+            self.set_cols(out_name, None)
+            return (output, None)
+        if isinstance(source, Source):
+            self.check_zero(source, name)
+        flat = heads.reshape(module.num_heads, -1)
+        self.union(flat[:, :1], flat[:, 1:])  # a head's q, k and v rows: one element
+        self.set_cols(name, source.nodes if isinstance(source, Source) else None)
+        self.set_cols(out_name, rows[2 * module.embed_dim :])
+        tokens = math.prod(shape[:-1])  # per sample: the example has one
+        keys = shape[-2] if module.batch_first or len(shape) == 2 else shape[0]
+        macs = 2 * tokens * keys * module.embed_dim  # q kᵀ and the weighted sum of v
+        self.products.append((flat[:, 0].copy(), macs // module.num_heads))
+        self.attentions[name] = flat[:, 0].copy()
+        for layer_name, nodes in ((name, rows), (out_name, out_rows)):
+            if not self.layers[layer_name].prunable:
+                self.freeze_nodes(nodes, f"tied to {layer_name}, which is kept dense")
         return (output, None)
 
     # ----------------------------------------------------------------- calls

@@ -20,6 +20,7 @@ from typing import cast
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.modules.conv import _ConvNd
 
 from searchprune.core.graph import NORM_TYPES, DependencyGraph
@@ -101,6 +102,82 @@ def _tensor_at(model: nn.Module, name: str) -> Tensor:
     tensor = functools.reduce(getattr, name.split("."), model)
     assert isinstance(tensor, Tensor)
     return tensor
+
+
+class HeadPrunedAttention(nn.Module):
+    """``nn.MultiheadAttention`` self-attention with ``heads`` of its heads, whose inner
+    width (``heads · head_dim``) no longer equals its input width, which the torch module
+    cannot express. Called as the module it replaces; returns no attention weights."""
+
+    def __init__(
+        self,
+        source: nn.MultiheadAttention,
+        in_proj_weight: Tensor,
+        in_proj_bias: Tensor | None,
+        out_proj: nn.Module,
+        heads: int,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, source.head_dim
+        self.batch_first, self.dropout = source.batch_first, source.dropout
+        # read by nn.TransformerEncoderLayer: False keeps it off its fused path, which
+        # assumes the inner width is the input width
+        self._qkv_same_embed_dim = False
+        self.in_proj_weight = nn.Parameter(in_proj_weight.clone())
+        self.in_proj_bias = None if in_proj_bias is None else nn.Parameter(in_proj_bias.clone())
+        self.out_proj = out_proj
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, None]:
+        batched = query.dim() == 3
+        x = query if batched else query.unsqueeze(1 if not self.batch_first else 0)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (
+            t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in (q, k, v)
+        )
+        mask = _additive_mask(attn_mask, key_padding_mask, q.dtype)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and mask is None,
+        )
+        out = self.out_proj(out.transpose(1, 2).flatten(-2))
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return (out if batched else out.squeeze(1 if not self.batch_first else 0)), None
+
+
+def _additive_mask(
+    attn_mask: Tensor | None, key_padding_mask: Tensor | None, dtype: torch.dtype
+) -> Tensor | None:
+    """``nn.MultiheadAttention``'s masks (True, or -inf, where not attended) as one float
+    mask broadcast over (batch, head, query, key)."""
+    masks = []
+    for mask, view in ((attn_mask, (1, 1)), (key_padding_mask, (-1, 1))):
+        if mask is None:
+            continue
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                mask, float("-inf")
+            )
+        masks.append(mask.to(dtype) if view == (1, 1) else mask.to(dtype)[:, None, None, :])
+    if not masks:
+        return None
+    return masks[0] if len(masks) == 1 else masks[0] + masks[1]
 
 
 def _masked_norm(model: nn.Module, name: str, masks: MaskSet) -> nn.Module:
@@ -191,21 +268,25 @@ def compact(
     def keep(elements: np.ndarray) -> Tensor:
         return alive[torch.from_numpy(elements)]
 
+    attentions: dict[str, tuple[Tensor, Tensor | None, Tensor]] = {}
     for layer in layers:
         module = model.get_submodule(layer.name)
         weight = getattr(module, layer.param).detach()
         mask = masks.weight_mask(layer.name, layer.weight_shape).to(weight.device)
         masked = weight * mask
-        if layer.transposed or layer.kind == "mha_in_proj":
+        bias = getattr(module, layer.bias or "", None)
+        channel_keep = masks.channels.get(layer.name)
+        if isinstance(bias, Tensor):
+            bias = (
+                bias.detach()
+                if channel_keep is None
+                else bias.detach() * channel_keep.to(bias.device)
+            )
+        if layer.transposed or (layer.kind == "mha_in_proj" and layer.name not in graph.attentions):
             target = small.get_submodule(layer.name)
             setattr(target, layer.param, nn.Parameter(in_layout_of(masked.clone(), weight)))
-            bias = getattr(module, layer.bias or "", None)
             if isinstance(bias, Tensor):
-                bias_keep = masks.channels.get(layer.name)
-                value = bias.detach().clone()
-                if bias_keep is not None and layer.kind != "mha_in_proj":
-                    value = value * bias_keep.to(value.device)
-                setattr(target, layer.bias or "bias", nn.Parameter(value))
+                setattr(target, layer.bias or "bias", nn.Parameter(bias.clone()))
             continue
         out_keep = keep(graph.rows[layer.name]).to(weight.device)
         cols = graph.cols.get(layer.name)
@@ -214,14 +295,20 @@ def compact(
             if cols is not None and not layer.depthwise
             else torch.ones(layer.in_channels, dtype=torch.bool, device=weight.device)
         )
+        if layer.kind == "mha_in_proj":  # after its out_proj: see below
+            attentions[layer.name] = (masked[out_keep][:, in_keep], bias, out_keep)
+            continue
         new = shrunk_layer(module, out_keep, in_keep, weight=masked)
-        bias = getattr(module, "bias", None)
-        channel_keep = masks.channels.get(layer.name)
-        if isinstance(bias, Tensor) and channel_keep is not None:
-            new.bias = nn.Parameter(
-                (bias.detach() * channel_keep.to(bias.device))[out_keep].clone()
-            )
+        if isinstance(bias, Tensor):
+            new.bias = nn.Parameter(bias[out_keep].clone())
         _replace(small, layer.name, new)
+    for name, (weight, bias, out_keep) in attentions.items():
+        source = model.get_submodule(name)
+        assert isinstance(source, nn.MultiheadAttention)
+        heads = int(keep(graph.attentions[name]).sum())
+        out_proj = small.get_submodule(f"{name}.out_proj")
+        in_bias = None if bias is None else bias[out_keep]
+        _replace(small, name, HeadPrunedAttention(source, weight, in_bias, out_proj, heads))
     for name, elements in graph.norms.items():
         _replace(small, name, _shrunk_norm(_masked_norm(model, name, masks), keep(elements)))
     for name, (elements, dim, _) in graph.padded.items():

@@ -22,7 +22,8 @@ def _run(tmp_path: Path, **sections: object) -> Path:
     data = {
         "task": "digits-mlp",
         "budget": {"sparsity": 0.9},
-        "run": {"max_evals": 8, "seed": 0, "progress": False},
+        # a sweep repairs to few distinct genomes: count every proposal, repeats included
+        "run": {"max_evals": 8, "seed": 0, "progress": False, "count": "all"},
         "baselines": [],
         **sections,
     }

@@ -181,6 +181,8 @@ def test_builtin_task_names() -> None:
         "digits-resnet",
         "mnist1d-mlp",
         "mnist1d-cnn",
+        "mnist1d-resnet",
+        "digits-deepcnn",
     }
 
 

@@ -269,17 +269,64 @@ def arg(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
     return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
 
 
+def size_args(node: fx.Node, name: str, ndim: int) -> list[Any]:
+    """The size arguments of a view/reshape/expand, one per output dim (empty when they
+    are not given one by one)."""
+    if name not in ("view", "reshape", "expand"):
+        return []
+    sizes: list[Any] = list(node.args[1:])
+    if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
+        sizes = list(sizes[0])
+    if not sizes:
+        sizes = list(node.kwargs.get("shape", node.kwargs.get("size", [])))  # type: ignore[arg-type]
+    return sizes if len(sizes) == ndim else []
+
+
+def size_origin(value: object) -> tuple[fx.Node, int] | None:
+    """The (tensor, dim) whose size a size argument is (``x.shape[1]``, ``x.size(1)``)."""
+    if not isinstance(value, fx.Node):
+        return None
+    name = name_of(value)
+    if name == "size" and len(value.args) == 2 and isinstance(value.args[1], int):
+        base = value.args[0]
+        return (base, value.args[1]) if isinstance(base, fx.Node) else None
+    if name != "getitem" or not isinstance(value.args[1], int):
+        return None
+    base = value.args[0]
+    if not isinstance(base, fx.Node):
+        return None
+    if (name_of(base) == "getattr" and base.args[1] == "shape") or (
+        name_of(base) == "size" and len(base.args) == 1
+    ):
+        tensor = base.args[0]
+        return (tensor, value.args[1]) if isinstance(tensor, fx.Node) else None
+    return None
+
+
+def sized_tensors(value: object) -> set[fx.Node]:
+    """The tensors whose sizes a size expression reads (``C // groups``)."""
+    found: set[fx.Node] = set()
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, (list, tuple)):
+            todo.extend(item)
+        if not isinstance(item, fx.Node):
+            continue
+        if name_of(item) in ("getattr", "size") and item.args:
+            first = item.args[0]
+            if isinstance(first, fx.Node) and shape_of(first) is not None:
+                found.add(first)
+                continue
+        todo.extend(item.args)
+    return found
+
+
 def fixed_sizes(node: fx.Node, name: str, ndim: int) -> dict[int, int]:
     """Output dims of a view/reshape/expand whose size is a constant in the code (not
     ``-1`` and not computed from a tensor's shape), with that size."""
     if name in ("view", "reshape", "expand"):
-        sizes: list[Any] = list(node.args[1:])
-        if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)):
-            sizes = list(sizes[0])
-        if not sizes:
-            sizes = list(node.kwargs.get("shape", node.kwargs.get("size", [])))  # type: ignore[arg-type]
-        if len(sizes) != ndim:
-            return {}
+        sizes = size_args(node, name, ndim)
         return {
             d: size for d, size in enumerate(sizes) if isinstance(size, int) and size not in (-1, 1)
         }

@@ -83,7 +83,8 @@ class DependencyGraph:
     element of each position of their output's channel dims and the MACs of each;
     ``other_flops`` the MACs of the other such products.
     ``patches`` are module attributes (an attention module's head count) compact sets to
-    the number of their elements kept. ``padded`` are norms whose statistics mix channels
+    the number of their elements kept; ``list_patches`` list attributes (split sizes)
+    set to the number kept in each piece. ``padded`` are norms whose statistics mix channels
     (LayerNorm, GroupNorm): the element of each channel, the dim it is on and whether the
     norm has a per-channel affine (masked with the channels); compact runs them with the
     removed channels put back as zeros. ``attentions`` are the ``nn.MultiheadAttention``
@@ -102,6 +103,7 @@ class DependencyGraph:
     notices: list[str] = field(default_factory=list)
     other_flops: int = 0
     patches: list[tuple[str, str, np.ndarray]] = field(default_factory=list)
+    list_patches: list[tuple[str, str, list[np.ndarray]]] = field(default_factory=list)
     products: list[tuple[np.ndarray, int]] = field(default_factory=list)
     padded: dict[str, tuple[np.ndarray, int, bool]] = field(default_factory=dict)
     attentions: dict[str, np.ndarray] = field(default_factory=dict)
@@ -265,6 +267,10 @@ def _result(
         traced=traced,
         notices=notices,
         patches=[(owner, attr, element[nodes]) for owner, attr, nodes in walker.patches],
+        list_patches=[
+            (owner, attr, [element[nodes] for nodes in pieces])
+            for owner, attr, pieces in walker.list_patches
+        ],
         products=[(element[nodes], macs) for nodes, macs in walker.products],
         padded=padded,
         attentions={name: element[nodes] for name, nodes in walker.attentions.items()},

@@ -4,6 +4,7 @@ tie or freeze channel nodes (:mod:`searchprune.core.graph`)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -25,6 +26,9 @@ from searchprune.core.channels import (
     normalize_dims,
     reshape_source,
     shape_of,
+    size_args,
+    size_origin,
+    sized_tensors,
 )
 
 PATCHABLE = ("num_heads", "attn_dim")
@@ -39,6 +43,7 @@ class TensorOps:
     def __init__(self, modules: dict[str, nn.Module]) -> None:
         self.modules = modules
         self.patches: list[tuple[str, str, np.ndarray]] = []
+        self.list_patches: list[tuple[str, str, list[np.ndarray]]] = []
         self.products: list[tuple[np.ndarray, int]] = []  # (nodes, MACs per node)
         self.count = 1  # node 0 is UNOWNED
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
@@ -232,8 +237,18 @@ class TensorOps:
         out_shape: tuple[int, ...] | None,
         name: str,
         fixed: dict[int, int] | None = None,
+        env: dict[fx.Node, Value] | None = None,
     ) -> Value:
         if not isinstance(source, Source):
+            # a tensor whose channels are not followed, sized by one whose channels are:
+            # those cannot shrink
+            for size in size_args(node, name, len(out_shape or ())):
+                origin = size_origin(size)
+                other = self.value(origin[0], env or {}) if origin else None
+                if origin and isinstance(other, Source):
+                    dim = origin[1] % len(shape_of(origin[0]) or (0,))
+                    if dim in other.axes:
+                        self.freeze(other, f"its width sizes a reshape by {name} not followed")
             return None
         if in_shape is None or out_shape is None:
             self.freeze(source, f"reshaped by {name}")
@@ -251,8 +266,14 @@ class TensorOps:
         if fixed is None:
             fixed = fixed_sizes(node, name, len(out_shape))
         # the compact model runs the same code: a size written in it cannot shrink, unless
-        # it is an attention module's head count that compact updates
-        pinned = [a for a in result.axes if a in fixed]
+        # it is an attention module's head count that compact updates; nor can one read
+        # from another tensor, unless that tensor's channels are tied to these
+        pinned = [
+            a
+            for a in result.axes
+            if a in fixed or self.foreign_size(node, name, result, a, env or {})
+        ]
+        fixed = {**fixed, **{a: -2 for a in pinned if a not in fixed}}
         patched = self.patchable(node, {a: fixed[a] for a in pinned})
         pinned = [a for a in pinned if a not in patched]
         if pinned and len(pinned) == len(result.axes):
@@ -268,6 +289,32 @@ class TensorOps:
             along = np.moveaxis(result.nodes, result.axes.index(axis), 0)
             self.patches.append((owner, attr, along.reshape(len(along), -1)[:, 0]))
         return result
+
+    def foreign_size(
+        self, node: fx.Node, name: str, result: Source, axis: int, env: dict[fx.Node, Value]
+    ) -> bool:
+        """Whether output dim ``axis`` of a reshape gets a size computed from another
+        tensor's shape, which does not follow this tensor's channels: true unless it is
+        one of that tensor's channel dims, whose channels are then tied to these."""
+        sizes = size_args(node, name, len(shape_of(node) or ()))
+        if not sizes or not isinstance(sizes[axis], fx.Node):
+            return False
+        origin = size_origin(sizes[axis])
+        own = node.args[0]
+        if origin is None:
+            return not sized_tensors(sizes[axis]) <= {own}
+        tensor, dim = origin
+        if tensor is own:
+            return False
+        other = self.value(tensor, env)
+        length = result.nodes.shape[result.axes.index(axis)]
+        if not isinstance(other, Source) or other.axes != (dim % len(shape_of(tensor) or (0,)),):
+            return True
+        if other.nodes.shape != (length,):
+            return True
+        along = np.moveaxis(result.nodes, result.axes.index(axis), 0)
+        self.union(other.nodes.reshape(length, *([1] * (along.ndim - 1))), along)
+        return False
 
     def patchable(self, node: fx.Node, sizes: dict[int, int]) -> dict[int, tuple[str, str]]:
         """Which of the constant ``sizes`` (by output dim) of a reshape in an attention
@@ -419,7 +466,10 @@ class TensorOps:
             edges = np.concatenate([[0], np.cumsum(sizes)])
             pieces = list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
             if dim in source.axes:
-                self.split_sizes(source, dim, name, sizes)
+                by_size = name == "split" and isinstance(
+                    arg(node, 1, "split_size_or_sections"), int
+                )
+                self.split_sizes(node, source, dim, "split(size)" if by_size else name, sizes)
         results: list[Value] = []
         for (start, stop), shape in zip(pieces, shapes, strict=True):
             if dim in source.axes:
@@ -437,16 +487,37 @@ class TensorOps:
             del shape
         return tuple(results)
 
-    def split_sizes(self, source: Source, dim: int, name: str, sizes: list[int]) -> None:
+    def split_sizes(
+        self, node: fx.Node, source: Source, dim: int, name: str, sizes: list[int]
+    ) -> None:
         """The compact model splits its smaller tensor the same way: ``chunk`` into equal
         pieces (so every piece must lose as many channels: the ``i``-th channels of the
-        pieces are tied), ``split`` into sizes fixed in the code (which cannot shrink)."""
+        pieces are tied), ``split`` into sizes fixed in the code (which cannot shrink),
+        unless they are a list attribute of the module that splits (MixNet's mixed
+        convs), which compact sets to what each piece keeps."""
         k = source.axes.index(dim)
         along = np.moveaxis(source.nodes, k, 0)
+        stack = node.meta.get("nn_module_stack") or {}
+        owner = list(stack.values())[-1][0] if stack else ""
+        module = self.modules.get(owner)
+        listed = (
+            [
+                attr
+                for attr, value in vars(module).items()
+                if isinstance(value, (list, tuple)) and list(value) == sizes and len(sizes) > 1
+            ]
+            if module is not None and name == "split"
+            else []
+        )
+        if listed:
+            edges = np.cumsum([0, *sizes])
+            spots = [along[a:b].reshape(b - a, -1)[:, 0] for a, b in itertools.pairwise(edges)]
+            self.list_patches.append((owner, listed[0], spots))
+            return
         if name in ("chunk", "tensor_split") and len(set(sizes)) == 1:
             pieces = along.reshape(len(sizes), sizes[0], -1)
             self.union(pieces[:1], pieces[1:])
-        elif name == "split" and len(set(sizes[:-1])) <= 1:  # split(x, size): all but the last
+        elif name == "split(size)":  # pieces of one size written in the code, but the last
             self.freeze_nodes(along[: sum(sizes[:-1])], f"split by {name} into fixed sizes")
         else:
             self.freeze(source, f"split by {name} into sizes fixed in the model's code")

@@ -408,7 +408,7 @@ class Walker(TensorOps):
         if name in POOL_CALLS:
             return self.pool(first, in_shape, out_shape, int(name[-2]), name)
         if name in RESHAPES or name == "expand" or name == "expand_as":
-            return self.reshape(node, first, in_shape, out_shape, name)
+            return self.reshape(node, first, in_shape, out_shape, name, env=env)
         if name in PERMUTES:
             return self.permute(node, name, first, in_shape, out_shape)
         if name == "cat" or name == "concat" or name == "concatenate" or name == "stack":

@@ -316,6 +316,10 @@ def compact(
         _replace(small, name, norm if bool(kept.all()) else ZeroPaddedNorm(norm, kept, dim))
     for owner, attr, elements in graph.patches:  # an attention module's head count
         setattr(small.get_submodule(owner), attr, int(keep(elements).sum()))
+    for owner, attr, pieces in graph.list_patches:  # split sizes
+        counts = [int(keep(piece).sum()) for piece in pieces]
+        previous = getattr(small.get_submodule(owner), attr)
+        setattr(small.get_submodule(owner), attr, type(previous)(counts))
     for name, elements in graph.params.items():
         original = _tensor_at(model, name)
         parent_name, _, attr = name.rpartition(".")

@@ -5,7 +5,7 @@ printed. ``--compare PATH`` runs the same commands against another checkout (its
 directory first on ``PYTHONPATH``) in the same run, alternating, and prints the ratio, so
 a before/after figure comes from one run on one machine state. Run it on an idle machine:
 
-    .venv/bin/python benchmarks/import_time.py --compare /tmp/old/src
+    .venv/bin/python benchmarks/import_time.py --compare /tmp/oldsrc/src
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ COMMANDS = {
     "searchprune list": "from searchprune.cli import main; main(['list'])",
 }
 
-# An editable install puts its own finder ahead of sys.path; for the other checkout, drop
-# it so that the checkout on sys.path is the one imported.
-_OTHER = (
-    "import sys; sys.meta_path[:] = [f for f in sys.meta_path "
-    "if not type(f).__module__.startswith('__editable__')]; sys.path.insert(0, {path!r}); "
-)
+# The other checkout goes first on sys.path: the path finder runs before the editable
+# install's finder, so its packages are the ones imported.
+_OTHER = "import sys; sys.path.insert(0, {path!r}); "
 
 
 def wall_time(code: str, other: str | None) -> float:
@@ -41,7 +38,7 @@ def wall_time(code: str, other: str | None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--compare", help="another checkout's package root, e.g. /tmp/old/src")
+    parser.add_argument("--compare", help="another checkout's package root, e.g. /tmp/oldsrc/src")
     args = parser.parse_args()
     for label, command in COMMANDS.items():
         here, there = [], []

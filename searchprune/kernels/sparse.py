@@ -44,6 +44,7 @@ from searchprune.kernels.semi_structured import (
 Format = Literal["dense", "csr", "bsr", "compact", "2:4", "auto"]
 SEMI_STRUCTURED = "2:4"
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+_PLAIN_FORWARDS = {nn.Linear.forward, nn.Conv1d.forward, nn.Conv2d.forward}
 
 
 def _to_sparse(weight: Tensor, kind: str, blocksize: int) -> Tensor:
@@ -220,7 +221,9 @@ def _layer_inputs(model: nn.Module, example: Tensor) -> dict[str, Tensor]:
     handles = [
         module.register_forward_hook(recorder(name))
         for name, module in model.named_modules()
-        if isinstance(module, _LAYERS)
+        # a subclass with its own forward (timm's Conv2dSame pads, ScaledStdConv2d
+        # standardizes) computes something the kernels do not: it stays as it is
+        if isinstance(module, _LAYERS) and type(module).forward in _PLAIN_FORWARDS
     ]
     with torch.inference_mode():
         model(example)

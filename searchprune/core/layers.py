@@ -430,10 +430,17 @@ def discover_layers(
             )
         )
     if not any(layer.prunable for layer in layers):
-        found = ", ".join(layer.name for layer in layers) or "none"
+        found = ", ".join(layer.name for layer in layers if not layer.reparameterized) or "none"
+        standardized = (
+            f"; {len(reparameterized)} more are kept dense because their output is not "
+            "linear in their weight (weight standardization: masking would not remove "
+            "their weights)"
+            if reparameterized
+            else ""
+        )
         raise NoPrunableLayerError(
             f"model {type(model).__name__} has no prunable layer (Linear/Conv/Embedding "
-            f"called in forward, other than the output layer); found: {found}. "
+            f"called in forward, other than the output layer); found: {found}{standardized}. "
             "Set space.exclude_output: false to allow pruning the output layer."
         )
     if reparameterized:

@@ -76,8 +76,28 @@ class Attention(nn.Module):
         return self.head(x.mean(1))
 
 
+class Mixed(nn.Module):
+    """MixNet's mixed depthwise conv: channels split by a list attribute of the module,
+    each piece through its own kernel size, concatenated again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits = [6, 10]
+        self.expand = nn.Conv2d(1, 16, 1)
+        self.small = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.large = nn.Conv2d(10, 10, 5, padding=2, groups=10)
+        self.bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = torch.split(F.relu(self.expand(x.view(-1, 1, 8, 8))), self.splits, 1)
+        h = F.relu(self.bn(torch.cat([self.small(a), self.large(b)], 1)))
+        return self.fc(h.mean((2, 3)))
+
+
 MODELS = {
     "attention": (Attention, 64),
+    "mixed": (Mixed, 64),
     "digits-mlp": (DigitsMLP, 64),
     "digits-cnn": (DigitsCNN, 64),
     "digits-resnet": (DigitsResNet, 64),
@@ -230,3 +250,20 @@ def test_output_tolerance_is_relative_to_the_outputs_scale() -> None:
     double = expected.double()
     with pytest.raises(ValueError, match="differs"):
         check_outputs(double + 1e-6, double, "float64")
+
+
+def test_split_sizes_held_by_the_module_are_set_to_what_each_piece_keeps() -> None:
+    problem = _problem("mixed", "channel")
+    # a unit per piece (each read by its own conv): one channel leaves the first, two the
+    # second
+    assert [(u.layers, u.size) for u in problem.cost.units] == [
+        (("expand", "small"), 6),
+        (("expand", "large"), 10),
+    ]
+    keep = [torch.arange(6) != 0, (torch.arange(10) != 3) & (torch.arange(10) != 4)]
+    masks = problem.cost.channel_masks(keep)
+    small = compact(problem.model, masks, problem.layers, problem.graph)
+    assert small.splits == [5, 8]
+    x = problem.val.first_batch()[0]
+    with problem.masked(masks) as masked, torch.no_grad():
+        check_outputs(small(x), masked(x), "mixed conv")

@@ -286,7 +286,9 @@ def build_dependency_graph(
     cannot be traced at all, every channel is frozen. Both cases are warned about.
     """
     walker = Walker(model, layers)
-    recorder = CallRecorder({})
+    modules = [model.get_submodule(layer.name) for layer in layers]
+    owner = {id(layer.weight(model)): layer.name for layer in layers}
+    recorder = CallRecorder(owner, modules)
     was_training = model.training
     model.eval()
     try:
@@ -296,7 +298,7 @@ def build_dependency_graph(
         traced_ok = True
     except Exception as error:  # fx raises many kinds of errors on dynamic code
         walker = Walker(model, layers)
-        recorder = CallRecorder({})
+        recorder = CallRecorder(owner, modules)
         with torch.no_grad(), no_attention_fastpath(), recorder:
             model(example_input)
         notices = [

@@ -163,14 +163,39 @@ class CallRecorder(TorchFunctionMode):
     """Watches a forward pass at the level of torch functions: every call that passes a
     layer's own weight (``F.linear``, ``conv*``, ``F.embedding``, the projections of
     ``F.multi_head_attention_forward``), by the module's forward or functionally, with
-    its output positions; and the MACs of weightless matrix products (attention)."""
+    its output positions; and, in ``matmul_macs``, the MACs of the other products:
+    between activations (attention), or with a weight that is no layer's (a blur filter
+    buffer), outside the ``layers`` modules (whose own calls are theirs)."""
 
-    def __init__(self, owner: dict[int, str]) -> None:
+    def __init__(self, owner: dict[int, str], layers: Sequence[nn.Module] = ()) -> None:
         super().__init__()
         self.owner = owner
         self.positions: dict[str, int] = {}
         self.order: list[str] = []
         self.matmul_macs = 0
+        self.layers, self.inside = layers, 0
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> CallRecorder:
+        def enter(*_: object) -> None:
+            self.inside += 1
+
+        def leave(*_: object) -> None:
+            self.inside -= 1
+
+        for module in self.layers:
+            self._handles += [
+                module.register_forward_pre_hook(enter),
+                module.register_forward_hook(leave),
+            ]
+        super().__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
@@ -195,12 +220,14 @@ class CallRecorder(TorchFunctionMode):
             weight = args[1] if len(args) > 1 else kwargs.get("weight")
             if not isinstance(weight, Tensor):
                 return
+            scattered = kind == "conv_transpose"  # every input position is scattered
+            positions = (args[0] if scattered else out).numel() // weight.shape[0]
             if kind == "embedding":
-                self._seen(weight, 0)
-            elif kind == "conv_transpose":  # every input position is scattered
-                self._seen(weight, args[0].numel() // weight.shape[0])
-            else:
-                self._seen(weight, out.numel() // weight.shape[0])
+                positions = 0
+            if id(weight) in self.owner:
+                self._seen(weight, positions)
+            elif not self.inside:
+                self.matmul_macs += positions * weight.numel()
             return
         name = getattr(func, "__name__", "")
         if name == "multi_head_attention_forward":

@@ -77,8 +77,9 @@ class TaskConfig(_Section):
     model_config = ConfigDict(extra="allow")
     name: str = Field(
         description="a built-in task (digits-mlp, digits-cnn, digits-resnet, mnist1d-mlp, "
-        "mnist1d-cnn, mnist1d-resnet, digits-deepcnn), torchvision or timm (a classifier of either library on images on "
-        'disk), or "pkg.module:factory" returning a Task; `searchprune list` names them'
+        "mnist1d-cnn, mnist1d-resnet, digits-deepcnn), torchvision or timm (a classifier "
+        'of either library on images on disk), or "pkg.module:factory" returning a Task; '
+        "`searchprune list` names them"
     )
     seed: int = Field(
         0,

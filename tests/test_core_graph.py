@@ -337,3 +337,16 @@ def test_untraceable_model_freezes_every_channel_with_a_warning() -> None:
         graph = build_dependency_graph(model, torch.randn(1, 4), layers)
     assert not graph.traced and not graph.prunable_groups()
     assert [g.members for g in graph.groups] == [["a"], ["b"]]
+
+
+def test_an_unreachable_channel_budget_names_what_is_frozen_and_why() -> None:
+    from searchprune.core.budget import Budget
+    from searchprune.problem import Problem
+    from searchprune.space import BudgetError
+    from searchprune.tasks.base import Task
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2))
+    x = torch.randn(8, 4)
+    task = Task(model=model, train=(x, torch.zeros(8)), val=(x, torch.zeros(8)))
+    with pytest.raises(BudgetError, match=r"8 channels: reaches 2 through an operation that"):
+        Problem(task, budget=Budget("flops", 0.5), granularity="channel")

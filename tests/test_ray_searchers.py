@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_amc_on_ray_actors_finds_what_it_finds_locally(tmp_path: Path) -> None:
     config = str(REPO / "configs" / "amc_digits-cnn.yaml")
-    small = ["--set", "run.max_evals=48", "--set", "searcher.warmup=16"]
+    small = ["--set", "run.max_evals=48", "--set", "run.count=all", "--set", "searcher.warmup=16"]
     small += ["--set", "run.progress=false", "--set", "baselines=[]"]
     best = {}
     for evaluator in ("local", "ray"):

@@ -10,11 +10,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from searchprune.core.budget import Budget
 from searchprune.core.graph import DependencyGraph, build_dependency_graph
 from searchprune.core.layers import LayerInfo, NoPrunableLayerError, discover_layers
 from searchprune.core.masks import MaskSet, apply_masks
 from searchprune.kernels import compact
 from searchprune.kernels.check import check_outputs
+from searchprune.problem import Problem
+from searchprune.space import BudgetError
+from searchprune.tasks.base import Task
 from searchprune.tasks.models import DigitsCNN, DigitsMLP, DigitsResNet, Mnist1dCNN
 
 
@@ -340,11 +344,6 @@ def test_untraceable_model_freezes_every_channel_with_a_warning() -> None:
 
 
 def test_an_unreachable_channel_budget_names_what_is_frozen_and_why() -> None:
-    from searchprune.core.budget import Budget
-    from searchprune.problem import Problem
-    from searchprune.space import BudgetError
-    from searchprune.tasks.base import Task
-
     model = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2))
     x = torch.randn(8, 4)
     task = Task(model=model, train=(x, torch.zeros(8)), val=(x, torch.zeros(8)))

@@ -22,7 +22,14 @@ Each element also carries a *zero* flag along the walk: whether its value is exa
 once its element is removed (masked weights, bias and norm affine). A product with a
 zero is zero, a sum is zero only if every term is, a sigmoid of 0 is not. A layer that
 reads a channel that is not zero there freezes it: the compact model could not drop the
-channel without changing the output.
+channel without changing the output. The compact model runs the same code, so sizes and
+positions written in it pin the channels they reach, unless compact can update them (an
+attention module's head count, a module's list of split sizes).
+
+:mod:`searchprune.core.trace` traces (around what fx cannot follow),
+:mod:`searchprune.core.walk` and :mod:`searchprune.core.tensor_ops` hold the rules per
+node, :mod:`searchprune.core.channels` the per-element arrays; this module assembles
+the result.
 """
 
 from __future__ import annotations

@@ -287,10 +287,12 @@ def test_killed_between_history_and_checkpoint_resumes_to_the_same_history(
 
 @pytest.mark.slow
 def test_a_kill_at_every_write_point_resumes_to_the_same_result(tmp_path: Path) -> None:
-    """SIGKILL at the 1st to 3rd write of every file a run writes, before and after the
-    write lands (and again inside the resume): every run resumes, to the uninterrupted
-    history and summary."""
-    report = kill_at_every_write_point(tmp_path, ["ga"])
+    """SIGKILL at the 1st and 2nd write of every file a run writes (the 2nd replaces a
+    file already there), before and after the write lands (and again inside the
+    resume): every run resumes, to the uninterrupted history and summary. The 3rd and
+    later writes are covered by ``kill_at_every_write_point(..., most=3)``; two keep
+    this test within the suite's time."""
+    report = kill_at_every_write_point(tmp_path, ["ga"], most=2)
     assert report.failures == []
     assert set(report.points) == {f"{p}:{f}" for f in RUN_WRITES for p in ("before", "after")}
     assert report.resumed == report.identical == report.runs >= 2 * len(RUN_WRITES)

@@ -267,8 +267,8 @@ def _einsum_macs(equation: str, operands: list[Tensor]) -> int:
     if len(operands) < 2:
         return 0
     sizes: dict[str, int] = {}
-    for labels, operand in zip(equation.split("->")[0].split(","), operands, strict=False):
-        labels = labels.strip()
+    inputs = "".join(equation.split()).split("->")[0]  # (spaces are allowed)
+    for labels, operand in zip(inputs.split(","), operands, strict=False):
         if "..." in labels:  # broadcast dims: as many as the operand has beyond the labels
             head, tail = labels.split("...")
             extra = operand.dim() - len(head) - len(tail)

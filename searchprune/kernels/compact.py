@@ -207,8 +207,9 @@ class ZeroPaddedNorm(nn.Module):
         kept = keep.nonzero().flatten()
         source = torch.full((len(keep),), len(kept), dtype=torch.long)  # the zero channel
         source[kept] = torch.arange(len(kept))
-        self.register_buffer("kept", kept)
-        self.register_buffer("source", source)
+        device = next((t.device for t in (*norm.parameters(), *norm.buffers())), kept.device)
+        self.register_buffer("kept", kept.to(device))
+        self.register_buffer("source", source.to(device))
 
     def forward(self, x: Tensor) -> Tensor:
         zero = torch.zeros_like(x.narrow(self.dim, 0, 1))

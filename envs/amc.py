@@ -7,7 +7,10 @@ they are (``budget_mode = "bound"``): the network scored is the one the stored a
 describe. The recipe and its defaults follow the paper and its code (mit-han-lab/amc):
 
 - warm-up episodes of uniformly random actions fill the replay buffer first
-  (``warmup``; by default a tenth of the run's ``episodes``; AMC: 100 of 800);
+  (``warmup``; by default a tenth of the run's ``episodes``; AMC: 100 of 800). With
+  warm starts (``warm_start``, on by default) the first episodes play the one-shot
+  baselines' allocations and perturbations of them instead, one episode each, so the
+  replay buffer and the run's best start where the heuristics end;
 - exploration noise from a truncated normal around the policy's action; its width
   falls geometrically per episode from ``noise_sigma`` at the end of the warm-up to
   ``noise_final`` at ``noise_horizon`` (half) of the run's episodes, and stays there
@@ -29,8 +32,8 @@ describe. The recipe and its defaults follow the paper and its code (mit-han-lab
   actor's optimizer to ``actor_learning_rate`` (SAC's entropy weight learns at the
   critic's rate).
 
-``episodes`` is the length of the run the schedule is scaled to: set it to the run's
-``run.max_evals`` (its default, 1000, is ``run.max_evals``'s).
+``episodes`` is the length of the run the schedule is scaled to; the runner sets it to
+``run.max_evals`` unless the config does.
 
 ``population`` episodes run in lockstep in a stable-baselines3 vector env, so their
 final evaluations reach the evaluator as one batch; the agent then trains. The agent's
@@ -73,7 +76,7 @@ class AMCParams(SearcherParams):
         1000,
         ge=1,
         description="episodes (evaluations) the run will have, to which the warm-up and the "
-        "noise decay are scaled: set it to run.max_evals",
+        "noise decay are scaled: the runner sets it to run.max_evals",
     )
     warmup: int | None = Field(
         None,
@@ -178,6 +181,7 @@ class AMCSearch(Searcher):
     description = "AMC: DDPG/TD3/SAC agent picks per-layer ratios (stable-baselines3)"
     budget_mode: ClassVar[BudgetMode] = "bound"
     space_kinds = frozenset({"real"})
+    run_length_param = "episodes"
     Params: ClassVar[type[SearcherParams]] = AMCParams
     params: AMCParams
 
@@ -224,6 +228,9 @@ class AMCSearch(Searcher):
         self.agent.set_logger(configure(None, []))
         self.episodes = 0
         self._rollouts: list[list[Transition]] = []
+        self._seeds = np.zeros((0, self.units))
+        self._seed_names: list[str] = []
+        self._asked_labels: list[str | None] = []
 
     @property
     def _replay(self) -> _BaselineReplay:
@@ -256,26 +263,57 @@ class AMCSearch(Searcher):
         width = p.noise_sigma * (p.noise_final / p.noise_sigma) ** progress
         return max(2.0 * width, _MIN_SIGMA)
 
-    def _actions(self, observations: np.ndarray) -> np.ndarray:
+    def seed_genomes(self, genomes: np.ndarray, labels: Sequence[str]) -> None:
+        """Warm starts replace the first warm-up episodes, one episode per genome."""
+        super().seed_genomes(genomes, labels)
+        self._seeds = self._as_genomes(genomes)
+        self._seed_names = list(labels)
+
+    def seeded(self, genomes: np.ndarray) -> list[str | None]:
+        """The warm-start labels of the episodes the last :meth:`ask` returned (their
+        genomes are the seeds after the action wall, not necessarily the seeds)."""
+        if len(genomes) != len(self._asked_labels):
+            return super().seeded(genomes)
+        return list(self._asked_labels)
+
+    def _seed_actions(self, step: int, count: int) -> dict[int, float]:
+        """Actions at unit ``step`` for the episodes of this batch that replay a warm
+        start: episode ``self.episodes + i`` plays seed ``self.episodes + i``."""
+        env = self.envs.envs[0]
+        assert isinstance(env, LayerPruningEnv)
+        return {
+            i: env.action_of(float(self._seeds[self.episodes + i, step]), step)
+            for i in range(count)
+            if self.episodes + i < len(self._seeds)
+        }
+
+    def _actions(self, observations: np.ndarray, step: int) -> np.ndarray:
         count = len(observations)
         if self.episodes < self.warmup:
-            return self.rng.uniform(-1.0, 1.0, size=(count, 1))
+            actions = self.rng.uniform(-1.0, 1.0, size=(count, 1))
+            for i, action in self._seed_actions(step, count).items():
+                actions[i, 0] = action
+            return actions
         with torch.no_grad():
             predicted, _ = self.agent.predict(observations, deterministic=True)
         mean = np.asarray(predicted, dtype=np.float64)
         sigma = self._noise_sigma()
-        if sigma == 0.0:
-            return mean
-        low, high = (-1.0 - mean) / sigma, (1.0 - mean) / sigma
-        return np.asarray(truncnorm.rvs(low, high, loc=mean, scale=sigma, random_state=self.rng))
+        if sigma > 0.0:
+            low, high = (-1.0 - mean) / sigma, (1.0 - mean) / sigma
+            mean = np.asarray(
+                truncnorm.rvs(low, high, loc=mean, scale=sigma, random_state=self.rng)
+            )
+        for i, action in self._seed_actions(step, count).items():
+            mean[i, 0] = action
+        return mean
 
     def ask(self, n: int) -> np.ndarray:
         """Run ``population`` episodes in lockstep; return the genomes of the first ``n``."""
         observations = np.asarray(self.envs.reset())
         steps: list[list[Transition]] = [[] for _ in range(self.envs.num_envs)]
         genomes = np.zeros((self.envs.num_envs, self.units))
-        for _ in range(self.units):
-            actions = self._actions(observations).astype(np.float32)
+        for step in range(self.units):
+            actions = self._actions(observations, step).astype(np.float32)
             stepped, _, dones, infos = self.envs.step(actions)
             following = np.asarray(stepped)
             for index, info in enumerate(infos):
@@ -285,6 +323,10 @@ class AMCSearch(Searcher):
                     genomes[index] = info["genome"]
             observations = following
         self._rollouts = steps[:n]
+        self._asked_labels = [
+            self._seed_names[self.episodes + i] if self.episodes + i < len(self._seeds) else None
+            for i in range(min(n, self.envs.num_envs))
+        ]
         return genomes[:n]
 
     # -------------------------------------------------------------- learning

@@ -65,7 +65,10 @@ from searchprune.tasks import TASKS, Task
 # --------------------------------------------------------------------- building
 def build_searcher(config: Config, problem: Problem) -> Searcher:
     assert config.searcher is not None
-    params = config.searcher.model_extra or {}
+    params = dict(config.searcher.model_extra or {})
+    length = getattr(SEARCHERS.get(config.searcher.name), "run_length_param", None)
+    if length is not None and length not in params:
+        params[length] = config.run.max_evals
     return make_searcher(
         config.searcher.name, problem.space, seed=config.run.seed, problem=problem, **params
     )

@@ -312,3 +312,26 @@ def test_reward_baseline_is_subtracted_when_a_batch_is_sampled() -> None:
     np.testing.assert_allclose(credited[0], 0.0)
     np.testing.assert_allclose(credited[1], 1.5)
     np.testing.assert_allclose(credited[2], 1.125)
+
+
+def test_amc_warm_up_episodes_play_the_baselines_allocations_first() -> None:
+    """With warm starts (the default) the first warm-up episodes replay the one-shot
+    baselines' allocations and their perturbations through the action wall, labelled as
+    such; the rest of the warm-up is random."""
+    from searchprune.search.base import DEFAULT_WARM_START
+    from searchprune.search.warm import PERTURBED, baseline_genomes
+
+    problem = _resnet_problem(Budget("flops", 0.5))
+    amc = make_searcher("amc", problem.space, seed=0, problem=problem, population=8, episodes=80)
+    genomes = amc.ask(8)
+    assert amc.seeded(genomes) == [*DEFAULT_WARM_START, DEFAULT_WARM_START[0] + PERTURBED] + [
+        None
+    ] * 4
+    exact = baseline_genomes(problem, DEFAULT_WARM_START).genomes
+    seeded_gap = np.abs(genomes[:3] - exact).mean()
+    random_gap = np.abs(genomes[4:, None, :] - exact[None]).mean()
+    assert seeded_gap < 0.02 < 0.1 < random_gap
+    cold = make_searcher(
+        "amc", problem.space, seed=0, problem=problem, population=8, episodes=80, warm_start=[]
+    )
+    assert cold.seeded(cold.ask(8)) == [None] * 8

@@ -89,7 +89,10 @@ class Searcher(ABC):
       moves every genome onto the budget; ``"bound"`` repairs only genomes over it
       (multi-objective searchers that explore cheaper candidates too);
     - ``space_kinds``: the genome kinds it searches (``"real"`` ratios, ``"binary"`` bits);
-    - ``multi_objective``: whether :meth:`front` returns a Pareto front.
+    - ``multi_objective``: whether :meth:`front` returns a Pareto front;
+    - ``run_length_param``: the name of a parameter that scales a schedule to the run's
+      length (AMC's ``episodes``); the runner sets it to ``run.max_evals`` unless the
+      config sets it.
     """
 
     description: ClassVar[str] = ""
@@ -97,6 +100,7 @@ class Searcher(ABC):
     budget_mode: ClassVar[BudgetMode] = "exact"
     space_kinds: ClassVar[frozenset[str]] = frozenset({"real", "binary"})
     multi_objective: ClassVar[bool] = False
+    run_length_param: ClassVar[str | None] = None
 
     def __init__(self, space: Space, params: SearcherParams, seed: int) -> None:
         self.space = space

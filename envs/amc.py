@@ -53,7 +53,7 @@ from pydantic import Field
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG, SAC, TD3
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.utils import update_learning_rate
@@ -225,7 +225,7 @@ class AMCSearch(Searcher):
             )
         assert isinstance(self.agent, _ActorRate)
         self.agent.actor_rate = p.actor_learning_rate
-        self.agent.set_logger(configure(None, []))
+        self.agent.set_logger(Logger(folder=None, output_formats=[]))  # no SB3-* temp folder
         self.episodes = 0
         self._rollouts: list[list[Transition]] = []
         self._seeds = np.zeros((0, self.units))

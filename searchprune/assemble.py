@@ -23,8 +23,51 @@ from searchprune.config import Config, ConfigError
 from searchprune.fitness import LATENCY_FITNESSES, resolve_fitness
 from searchprune.latency import LatencyModel
 from searchprune.problem import Fidelity, Problem
-from searchprune.registry import is_import_path
+from searchprune.registry import hold_object, is_import_path
 from searchprune.tasks import TASKS, Task, score_model
+
+# (path in the config, the field named in errors): where a config takes a name or a
+# "package.module:Name" path, and so also a Python object
+_OBJECT_FIELDS = (
+    (("task",), "task.name"),
+    (("fitness",), "fitness.name"),
+    (("searcher",), "searcher.name"),
+    (("method",), "method.name"),
+    (("space", "criterion"), "space.criterion"),
+)
+
+
+def hold_objects(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of config data in which the Python objects given where a name goes (a
+    :class:`Task`, a task factory, a fitness function, a searcher class, a method class,
+    a criterion) are replaced by the ``"object:..."`` names that stand for them in this
+    process (:func:`~searchprune.registry.hold_object`). A task object stands for a
+    factory that returns it. Sections may be the object itself (``task=my_task``) or
+    carry it as their ``name`` (``task={"name": my_task}``)."""
+    copied: dict[str, Any] = dict(data)
+    for path, field in _OBJECT_FIELDS:
+        parent = copied
+        for key in path[:-1]:
+            if not isinstance(parent.get(key), Mapping):
+                break
+            parent[key] = dict(parent[key])
+            parent = parent[key]
+        else:
+            key = path[-1]
+            value = parent.get(key)
+            section = isinstance(value, Mapping) and len(path) == 1
+            given = value.get("name") if section else value  # type: ignore[union-attr]
+            if given is None or isinstance(given, (str, Mapping)):
+                continue
+            name = _hold(given, field)
+            parent[key] = {**value, "name": name} if section else name  # type: ignore[dict-item]
+    return copied
+
+
+def _hold(value: object, field: str) -> str:
+    if isinstance(value, Task):
+        return hold_object(value, field, resolves_to=lambda **_: value)
+    return hold_object(value, field)
 
 
 def check_device(name: str) -> None:

@@ -1,5 +1,8 @@
 """The ``searchprune`` command line: ``run``, ``compare``, ``export`` and ``list``.
 
+The working directory is on the import path, as with ``python -m searchprune``, so a
+config may name plug-ins (``"mypkg.tasks:make_task"``) kept beside it.
+
 Exit status: 0 on success, 2 on a config or usage error (the message names the key and
 the fix), 1 on a failure while running, 130 on SIGINT (Ctrl-C) and 143 on SIGTERM.
 """
@@ -11,10 +14,11 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from searchprune.config import ConfigError, load_config, read_config_data
+from searchprune.provenance import version
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -33,11 +37,13 @@ def _run(args: argparse.Namespace) -> int:
                 )
         elif not args.trust_plugins:
             check_plugins(config, args.resume)
-        run(config, args.resume, resume=True)
+        run(config, args.resume, resume=True, echo=_echo(args))
         return 0
     if not args.config:
         raise ConfigError("searchprune run needs a CONFIG file (or --resume RUN_DIR)")
     overrides = list(args.set)
+    if args.quiet:
+        overrides.append("run.progress=false")
     if args.ray_address:
         overrides += ["evaluator.name=ray", f"evaluator.address={args.ray_address}"]
     config = load_config(args.config, overrides)
@@ -45,12 +51,17 @@ def _run(args: argparse.Namespace) -> int:
     _check_out(out)
     created = not out.exists()
     try:
-        run(config, out)
+        run(config, out, echo=_echo(args))
     except ConfigError:
         if created:  # a rejected config leaves no directory behind for a later run to reuse
             _remove_rejected(out)
         raise
     return 0
+
+
+def _echo(args: argparse.Namespace) -> Callable[[str], None]:
+    """Where a command's report goes: stdout, or nowhere with ``--quiet``."""
+    return (lambda _: None) if args.quiet else print
 
 
 def _remove_rejected(out: Path) -> None:
@@ -83,7 +94,7 @@ def _compare(args: argparse.Namespace) -> int:
     data = read_config_data(args.config, args.set)
     out = args.out or Path("runs") / f"compare-{Path(args.config).stem}"
     _check_out(out)
-    compare(data, out, rerun_changed=args.rerun_changed)
+    compare(data, out, rerun_changed=args.rerun_changed, echo=_echo(args), quiet=args.quiet)
     return 0
 
 
@@ -129,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="searchprune", description="Find how to prune a trained PyTorch network by search."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser(
         "run", help="run a searcher or a baseline method from a YAML config"
@@ -159,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --resume: import the plug-ins the run directory's config names even when "
         "they are not in the working directory or a searchprune plug-in package",
     )
+    _add_quiet(run_parser)
     run_parser.set_defaults(handler=_run)
     compare_parser = commands.add_parser(
         "compare", help="run several methods over budgets and seeds; write tables and plots"
@@ -182,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run again (replacing them) the runs whose saved config differs from the "
         "comparison's; without it such runs are refused",
     )
+    _add_quiet(compare_parser)
     compare_parser.set_defaults(handler=_compare)
     export_parser = commands.add_parser("export", help="write a run's best model to a file")
     export_parser.add_argument("run_dir", type=Path, help="a finished run directory")
@@ -205,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bars and no tables (errors still go to stderr; the exit status "
+        "tells the outcome); progress bars are off anyway when stderr is not a terminal",
+    )
+
+
 def _silence_stdout() -> None:
     """Point stdout at /dev/null, so that flushing it at exit does not raise again."""
     try:
@@ -215,6 +239,8 @@ def _silence_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if os.getcwd() not in sys.path:  # what `python -m` and pytest users expect
+        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

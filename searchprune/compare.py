@@ -29,6 +29,7 @@ import csv
 import json
 import shutil
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -396,8 +397,10 @@ def compare(
     echo: Callable[[str], None] = print,
     *,
     rerun_changed: bool = False,
+    quiet: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run (or finish) every cell of a compare config into ``out`` and write the report.
+    """Run (or finish) every cell of a compare config into ``out`` and write the report
+    (``quiet``: no progress bar; it is off anyway when stderr is not a terminal).
 
     :raises ConfigError: before any run starts, for a cell whose settings do not validate,
         or for run directories holding runs of another config (unless ``rerun_changed``,
@@ -418,7 +421,8 @@ def compare(
             "directories are replaced), or choose another --out"
         )
     out.mkdir(parents=True, exist_ok=True)
-    for cell in tqdm(cells, desc="compare", unit="run", dynamic_ncols=True):
+    bars = not quiet and sys.stderr.isatty()
+    for cell in tqdm(cells, desc="compare", unit="run", dynamic_ncols=True, disable=not bars):
         run_dir = RunDir(out / "runs" / cell.name)
         if cell.name in stale:
             shutil.rmtree(run_dir.path)

@@ -337,7 +337,11 @@ class RunConfig(_Section):
         description="seed of the search, 0 to 2**32 - 1; the same seed gives the same result "
         "on one machine",
     )
-    progress: bool = Field(True, description="progress bar with the best fitness so far")
+    progress: bool | None = Field(
+        None,
+        description="progress bar with the best fitness so far; default: on when stderr is "
+        "a terminal, off in logs and pipes",
+    )
 
 
 class SelectionConfig(_Section):
@@ -393,6 +397,12 @@ class Config(BaseModel):
     )
     finetune: FinetuneConfig = Field(
         FinetuneConfig(), description="fine-tuning of the best mask and the baselines' masks"
+    )
+    tracking: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="loggers that follow the run: tensorboard (logs in <run dir>/tensorboard, "
+        "option log_dir) and mlflow (options experiment, tracking_uri, run_name), as names "
+        "or {name: ..., option: ...}; the `tracking` extra installs them",
     )
     baselines: list[str] = Field(
         default_factory=lambda: ["magnitude-global", "magnitude-layer"],
@@ -518,7 +528,8 @@ def _refuse_binary(data: Any, where: str) -> None:
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply ``--set dotted.key=value`` (the value is parsed as YAML) to ``data``."""
+    """Apply ``--set dotted.key=value`` (the value is parsed as YAML) to ``data``;
+    ``--set budget.<kind>=value`` replaces the budget (a run has one budget)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(
@@ -532,6 +543,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             f"--set {assignment!r}: the value of {key} is not valid YAML "
             f"({_yaml_problem(error)}); quote a string value, e.g. --set '{key}=\"text\"'"
         ) from None
+    if parts[0] == "budget" and len(parts) == 2:  # a budget is one kind: the new one replaces it
+        data["budget"] = {parts[1]: value}
+        return
     node = data
     for part in parts[:-1]:
         child = node.get(part)

@@ -5,12 +5,17 @@ path that holds it (imported on first use, so that listing names and description
 imports nothing heavy). Plug-in packages add entries through an entry-point group
 (``searchprune.searchers`` for searchers; see :meth:`Registry.add_entry_points`), and any
 config field that takes a registered name also takes a ``"package.module:Name"`` path.
+
+From Python, such a field also takes the object itself (a :class:`~searchprune.Task`, a
+fitness function, a searcher class, a criterion): :func:`hold_object` keeps it for the
+process under ``"object:<module>.<name>"``, the name the saved config then shows.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -29,6 +34,38 @@ class SpecError(ValueError):
 
 class UnknownNameError(SpecError):
     """A name that is not in a registry; the message lists the valid names."""
+
+
+OBJECT_PREFIX = "object:"
+_HELD: dict[tuple[str, str], object] = {}
+
+
+def hold_object(value: object, field: str, resolves_to: object = None) -> str:
+    """Keep ``value`` (an object passed from Python where a config field takes a name)
+    for this process; return the name that stands for it in the config,
+    ``"object:<module>.<qualname>"`` of the object (of its class for an instance). The
+    name resolves to ``resolves_to`` when given (a factory returning a task object),
+    else to ``value``."""
+    named = value if hasattr(value, "__qualname__") else type(value)
+    name = f"{OBJECT_PREFIX}{getattr(named, '__module__', '?')}.{named.__qualname__}"
+    _HELD[(field, name)] = value if resolves_to is None else resolves_to
+    return name
+
+
+def held_object(name: str, field: str) -> object:
+    """The object :func:`hold_object` kept as ``name`` for ``field``.
+
+    :raises SpecError: when this process holds none (a saved config from a run started
+        from Python, read in another process).
+    """
+    try:
+        return _HELD[(field, name)]
+    except KeyError:
+        raise SpecError(
+            f"{field}: {name!r} stood for a Python object passed to searchprune.run(); "
+            "pass the object again (searchprune.run(config, out, resume=True) with the same "
+            "objects), or name a 'package.module:Name' the config can import"
+        ) from None
 
 
 @dataclass
@@ -83,7 +120,10 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry called ``name``, or the object ``"package.module:Name"`` imports
-        (a plug-in, used as it is, without registering it)."""
+        (a plug-in, used as it is, without registering it), or the object held for
+        this field under an ``"object:..."`` name (:func:`hold_object`)."""
+        if name.startswith(OBJECT_PREFIX):
+            return cast(T, held_object(name, self.field))
         if is_import_path(name):
             return cast(T, import_object(name, self.field))
         if name not in self._entries:
@@ -146,7 +186,16 @@ def import_object(path: str, field: str) -> object:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise SpecError(f"{field}: cannot import module {module_name!r} ({error})") from error
+        hint = ""
+        if isinstance(error, ModuleNotFoundError) and error.name == module_name.split(".")[0]:
+            hint = (
+                f"; {error.name!r} must be installed or be a folder or file in the working "
+                f"directory ({os.getcwd()}): run searchprune from the folder that holds it, "
+                "or add that folder to PYTHONPATH"
+            )
+        raise SpecError(
+            f"{field}: cannot import module {module_name!r} ({error}){hint}"
+        ) from error
     except (Exception, SystemExit) as error:  # the plug-in's own code failed on import
         raise SpecError(
             f"{field}: importing module {module_name!r} for {path!r} failed "

@@ -122,9 +122,8 @@ def write_report(
     summary: dict[str, Any],
     densities: Mapping[str, Mapping[str, float]],
     front: Sequence[FrontMember],
-) -> str:
-    """Write ``summary.json`` (with the Pareto front, when there is one) and the plots;
-    return the console table."""
+) -> None:
+    """Write ``summary.json`` (with the Pareto front, when there is one) and the plots."""
     task, budget = summary["task"], summary["budget"]
     if front:
         summary["pareto_front"] = write_front(front, run_dir.path, f"{task}: val fitness vs cost")
@@ -133,7 +132,6 @@ def write_report(
     plot_layer_sparsity(
         densities, run_dir / "layer_sparsity.png", f"per-layer sparsity, {task}, budget {budget}"
     )
-    return comparison_table(summary)
 
 
 # ------------------------------------------------------------------------ plots
@@ -253,25 +251,31 @@ def pick_from_front(run_dir: str | Path, max_cost: float) -> dict[str, Any]:
     return max(affordable, key=lambda m: m["val_fitness"])
 
 
-def comparison_table(summary: Mapping[str, Any]) -> str:
-    """The side-by-side console table: dense, best found, and each baseline (with the
-    measured latency when the run measured it, and test accuracy after fine-tuning when
-    the run fine-tuned)."""
+def comparison_table(summary: Mapping[str, Any], fitness: str = "accuracy") -> str:
+    """The side-by-side console table: dense, best found, and each baseline (with the val
+    fitness when ``fitness`` is not accuracy, the measured latency when the run measured
+    it, and test accuracy after fine-tuning when the run fine-tuned)."""
     budget = ", ".join(f"{k} {v}" for k, v in summary["budget"].items())
     rows = [("dense", summary["dense"]), (f"best ({summary['method']})", summary["best"])]
     rows += list(summary["baselines"].items())
     tuned = "finetuned" in summary["best"]
     timed = "latency_model" in summary
-    header = f"{'':<26}{'val acc':>9}{'test acc':>10}{'sparsity':>10}{'FLOPs':>8}{'params':>8}"
+    scored = fitness != "accuracy"
+    header = f"{'':<26}" + (f"{'fitness':>10}" if scored else "")
+    header += f"{'val acc':>9}{'test acc':>10}{'sparsity':>10}{'FLOPs':>8}{'params':>8}"
     header += f"{'latency':>11}" if timed else ""
+    total = summary.get("total_time_s")
     lines = [
         f"budget: {budget}   evaluations: {summary['evaluations']}   "
-        f"wall time: {summary['wall_time_s']:.1f} s",
+        f"search: {summary['wall_time_s']:.1f} s"
+        + (f"   total: {total:.1f} s" if total is not None else ""),
         header + (f"{'tuned test':>12}" if tuned else ""),
     ]
     for name, figures in rows:
-        line = (
-            f"{name:<26}{_pct(figures.get('val_accuracy')):>9}"
+        value = figures.get("val_fitness")
+        line = f"{name:<26}" + (f"{'-' if value is None else f'{value:.4g}':>10}" if scored else "")
+        line += (
+            f"{_pct(figures.get('val_accuracy')):>9}"
             f"{_pct(figures.get('test_accuracy')):>10}{_pct(figures.get('sparsity', 0.0)):>10}"
             f"{_pct(figures.get('flops_fraction', 1.0)):>8}"
             f"{_pct(figures.get('params_fraction', 1.0)):>8}"

@@ -19,9 +19,10 @@ import json
 import math
 import random
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,9 +44,11 @@ from searchprune.core.masks import MaskSet
 from searchprune.evaluate import Evaluator, LocalEvaluator, Result
 from searchprune.fitness import FITNESSES
 from searchprune.problem import Evaluation, Problem
+from searchprune.provenance import environment, now_iso
 from searchprune.pruners import baseline_method, make_method, method_class
 from searchprune.registry import SpecError
 from searchprune.report import (
+    comparison_table,
     dense_figures,
     final_test_split,
     latency_section,
@@ -60,6 +63,7 @@ from searchprune.search.base import FrontMember
 from searchprune.search.streams import GlobalStreams
 from searchprune.space import BudgetMode
 from searchprune.tasks import TASKS, Task
+from searchprune.tracking import Callbacks, RunCallback, make_loggers
 
 
 # --------------------------------------------------------------------- building
@@ -227,7 +231,9 @@ def _genome_record(genome: np.ndarray) -> list[float] | str:
     return [round(float(g), 6) for g in genome]
 
 
-def _history_line(index: int, result: Result, best: float, seeded: str | None = None) -> str:
+def _history_row(
+    index: int, result: Result, best: float, seeded: str | None = None
+) -> dict[str, Any]:
     row: dict[str, Any] = {
         "eval": index,
         "fitness": result.fitness,
@@ -240,7 +246,7 @@ def _history_line(index: int, result: Result, best: float, seeded: str | None = 
         row["seeded"] = seeded
     if result.evaluation.error:
         row["error"] = result.evaluation.error
-    return json.dumps(row)
+    return row
 
 
 def _checkpoint(state: LoopState, searcher: Searcher, evaluator: Evaluator) -> dict[str, Any]:
@@ -260,8 +266,10 @@ def search_loop(
     run_dir: RunDir,
     state: LoopState,
     interrupts: Interrupts | None = None,
+    callback: RunCallback | None = None,
 ) -> LoopState:
-    """Ask, evaluate, tell, log and checkpoint until a stopping rule fires.
+    """Ask, evaluate, tell, log and checkpoint until a stopping rule fires; ``callback``
+    hears of every evaluation and generation once they are checkpointed.
 
     ``state`` is updated in place, one whole batch at a time, together with the history
     and the checkpoint (inside ``interrupts.deferred()``), so whatever interrupts the
@@ -276,7 +284,7 @@ def search_loop(
     bar = tqdm(
         total=run.max_evals,
         initial=state.spent(run.count),
-        disable=not run.progress,
+        disable=not (sys.stderr.isatty() if run.progress is None else run.progress),
         desc=config.method_name,
         unit="eval",
         dynamic_ncols=True,
@@ -296,15 +304,19 @@ def search_loop(
                 np.array([r.fitness for r in results]),
                 [r.evaluation.metrics for r in results],
             )
-            lines = []
+            rows = []
             for result, label in zip(results, seeded, strict=True):
                 state.update(state.evals, result, config.selection.top_k)
-                lines.append(_history_line(state.evals, result, state.best_fitness, label))
+                rows.append(_history_row(state.evals, result, state.best_fitness, label))
                 state.evals += 1
             _guard_repeats(state, results, run.max_repeat_rounds)
-            run_dir.append_history(lines)
+            run_dir.append_history([json.dumps(row) for row in rows])
             state.elapsed = time.perf_counter() - started
             run_dir.save_checkpoint(_checkpoint(state, searcher, evaluator))
+        if callback is not None:
+            for row in rows:
+                callback.on_evaluation(row)
+            callback.on_generation(state.evals, state.best_fitness, rows)
         bar.update(state.spent(run.count) - before)
         bar.set_postfix(best=f"{state.best_fitness:.4f}", refresh=False)
     bar.close()
@@ -356,6 +368,7 @@ def finish(
     best_problem: Problem | None = None,
     method_info: dict[str, Any] | None = None,
     selection: tuple[dict[str, Any], MaskSet] | None = None,
+    evaluator_section: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score the best masks and the baselines on val and test; write the report.
 
@@ -407,17 +420,25 @@ def finish(
         if section["changed"]:
             section["val_best_test_accuracy"] = test_accuracy(problem, val_best, test)
         summary["selection"] = section
+    if evaluator_section:  # the Ray evaluator's connect and actor start-up times
+        summary["evaluator"] = evaluator_section
     if problem.latency is not None:
         summary["latency_model"] = latency_section(problem)
-    echo(write_report(run_dir, summary, densities, front or []))
-    echo(f"run directory: {run_dir.path}")
+    write_report(run_dir, summary, densities, front or [])
     return summary
 
 
 def run(
-    config: Config, out: str | Path, *, resume: bool = False, echo: Callable[[str], None] = print
+    config: Config,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    echo: Callable[[str], None] = print,
+    callbacks: Sequence[RunCallback] = (),
 ) -> dict[str, Any]:
     """Run a config into directory ``out`` (or continue the run there); return the summary.
+    ``callbacks`` and the config's ``tracking`` loggers follow the run
+    (:class:`~searchprune.tracking.RunCallback`).
 
     :raises ConfigError: for a bad config, or a directory that is in use (naming the
         process), already holds a run (without ``resume``) or holds a finished method run.
@@ -430,6 +451,11 @@ def run(
         )
     run_dir = RunDir(out)
     check_names(config)
+    started_at, clock = now_iso(), time.perf_counter()
+    try:
+        callback = Callbacks([*make_loggers(config.tracking), *callbacks])
+    except SpecError as error:
+        raise ConfigError(str(error)) from None
     with run_dir.lock(), Interrupts(run_dir.path).installed() as interrupts:
         if not resume and run_dir.holds_run:
             raise ConfigError(
@@ -441,6 +467,7 @@ def run(
                 "resume; choose another --out to run it again"
             )
         run_dir.create(config)
+        callback.on_start(config.resolved(), run_dir.path)
         prepare_process(config.evaluator.threads)
         random.seed(config.run.seed)
         torch.manual_seed(config.run.seed)
@@ -459,8 +486,18 @@ def run(
         if problem.latency is not None and measured is None:
             run_dir.save_latency_model(problem.latency)  # a resumed run keeps this budget
         if config.method is not None:
-            return _run_method_to_report(config, task, problem, run_dir, echo)
-        return _search_to_report(config, task, problem, run_dir, echo, resume, interrupts)
+            summary = _run_method_to_report(config, task, problem, run_dir, echo)
+        else:
+            summary = _search_to_report(
+                config, task, problem, run_dir, echo, resume, interrupts, callback
+            )
+        summary["environment"] = environment(config.evaluator.device, started_at, resume)
+        summary["total_time_s"] = round(time.perf_counter() - clock, 3)
+        run_dir.write_summary(summary)
+        callback.on_finish(summary)
+        echo(comparison_table(summary, config.fitness.name))
+        echo(f"run directory: {run_dir.path}")
+        return summary
 
 
 def _write_unfinished(
@@ -534,6 +571,7 @@ def _search_to_report(
     echo: Callable[[str], None],
     resume: bool,
     interrupts: Interrupts | None = None,
+    callback: RunCallback | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the config's searcher through the loop, and write the report."""
     try:
@@ -562,7 +600,9 @@ def _search_to_report(
         if saved is not None:
             evaluator.load_state_dict(saved["evaluator"])
         try:
-            state = search_loop(config, searcher, evaluator, run_dir, state, interrupts)
+            state = search_loop(
+                config, searcher, evaluator, run_dir, state, interrupts, callback
+            )
         except RunInterrupted as interrupt:
             with interrupts.deferred() if interrupts is not None else nullcontext():
                 _write_unfinished(config, problem, state, run_dir, interrupt.signum)
@@ -586,6 +626,7 @@ def _search_to_report(
         echo,
         searcher.front(),
         selection=(selection, val_best) if selection is not None else None,
+        evaluator_section=getattr(evaluator, "summary_section", dict)(),
     )
 
 

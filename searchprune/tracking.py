@@ -141,3 +141,49 @@ class MLflowLogger(RunCallback):
 LOGGERS: Registry[type[RunCallback]] = Registry("logger", "tracking")
 LOGGERS.add("tensorboard", TensorBoardLogger, "TensorBoard scalars (torch.utils.tensorboard)")
 LOGGERS.add("mlflow", MLflowLogger, "an MLflow run: config, best fitness, final figures")
+
+
+def make_loggers(specs: Sequence[str | Mapping[str, Any]]) -> list[RunCallback]:
+    """The loggers a config's ``tracking`` list names (``"tensorboard"`` or
+    ``{"name": "mlflow", "experiment": "pruning"}``).
+
+    :raises SpecError: naming ``tracking`` for an unknown logger, a wrong option, or a
+        logger whose package is not installed.
+    """
+    loggers = []
+    for spec in specs:
+        options = {"name": spec} if isinstance(spec, str) else dict(spec)
+        name = options.pop("name", None)
+        if not isinstance(name, str):
+            raise SpecError(f"tracking: {spec!r} needs a name, e.g. {{name: tensorboard}}")
+        cls = LOGGERS.get(name)
+        try:
+            loggers.append(cls(**options))
+        except TypeError as error:
+            raise SpecError(
+                f"tracking: logger {name!r} does not take these options ({error})"
+            ) from None
+    return loggers
+
+
+class Callbacks(RunCallback):
+    """Several callbacks told in turn."""
+
+    def __init__(self, callbacks: Sequence[RunCallback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def on_start(self, config: Mapping[str, Any], run_dir: Path) -> None:
+        for callback in self.callbacks:
+            callback.on_start(config, run_dir)
+
+    def on_evaluation(self, row: Row) -> None:
+        for callback in self.callbacks:
+            callback.on_evaluation(row)
+
+    def on_generation(self, evaluations: int, best_fitness: float, rows: Sequence[Row]) -> None:
+        for callback in self.callbacks:
+            callback.on_generation(evaluations, best_fitness, rows)
+
+    def on_finish(self, summary: Mapping[str, Any]) -> None:
+        for callback in self.callbacks:
+            callback.on_finish(summary)

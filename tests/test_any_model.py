@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from searchprune.core.budget import Budget
 from searchprune.evaluate.local import LocalEvaluator
@@ -113,35 +112,16 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Tensor], int]] = {
 def _problem(name: str, budget: Budget, granularity: str) -> tuple[Problem, Tensor]:
     build, inputs, _ = MODELS[name]
     torch.manual_seed(0)
-    model = build().eval()
-    for module in model.modules():  # non-trivial BatchNorm statistics and shifts
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, nn.Parameter) and not bool(weight.detach().any()):
-            nn.init.normal_(weight, std=0.02)  # a zero-initialized head outputs nothing
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            nn.init.uniform_(module.bias, -0.5, 0.5)
+    model = zoo.make_realistic(build().eval())
     x = inputs()
     targets = torch.zeros(len(x), dtype=torch.long)
     task = Task(model=model, train=(x, targets), val=(x, targets))
     return Problem(task, budget=budget, granularity=granularity, bn_samples=0), x
 
 
-def _cpu_attention(
-    query: torch.Size, key: torch.Size, value: torch.Size, *_: object, **__: object
-) -> int:
-    return int(sdpa_flop_count(query, key, value))
-
-
 def _real_flops(model: nn.Module, x: Tensor) -> int:
-    """MACs of one sample, by torch's own FLOP counter (which counts 2 per MAC; taught
-    the CPU kernel of scaled dot-product attention, which it does not know)."""
-    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: _cpu_attention})
-    with counter:
-        model(x[:1])
-    return counter.get_total_flops() // 2
+    """MACs of one sample, by torch's own FLOP counter (which counts 2 per MAC)."""
+    return zoo.count_flops(model, x[:1]) // 2
 
 
 def _search_step(problem: Problem) -> None:

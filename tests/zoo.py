@@ -35,3 +35,43 @@ def import_timm() -> Any:
     import timm
 
     return timm
+
+
+def make_realistic(model: Any) -> Any:
+    """Give a randomly initialized ``model`` what a trained one has and pruning must
+    respect: no all-zero weight (zero-initialized heads, as torchvision's ViT and timm's
+    Mixer/ResMLP/PoolFormer have, output nothing, so any export would match them), and
+    BatchNorm layers with non-trivial statistics and shifts (a removed channel's shift
+    still reaches the next layer). Returns ``model``."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, nn.Parameter) and not bool(weight.detach().any()):
+                nn.init.normal_(weight, std=0.02)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
+                if module.running_mean is not None and module.running_var is not None:
+                    module.running_mean.uniform_(-0.5, 0.5)
+                    module.running_var.uniform_(0.5, 2.0)
+                nn.init.uniform_(module.bias, -0.5, 0.5)
+    return model
+
+
+def count_flops(model: Any, example: Any) -> int:
+    """FLOPs of one forward pass of ``model`` on ``example`` as
+    ``torch.utils.flop_counter`` counts them (2 per multiply-accumulate: matmuls,
+    convolutions, attention), taught the CPU kernel of scaled dot-product attention,
+    which it does not know by itself."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_attention(query: Any, key: Any, value: Any, *_: object, **__: object) -> int:
+        return int(sdpa_flop_count(query, key, value))
+
+    kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={kernel: cpu_attention})
+    with torch.inference_mode(), counter:
+        model(example)
+    return int(counter.get_total_flops())

@@ -309,6 +309,9 @@ class AMCSearch(Searcher):
 
     def ask(self, n: int) -> np.ndarray:
         """Run ``population`` episodes in lockstep; return the genomes of the first ``n``."""
+        for index in range(self.envs.num_envs):  # warm starts: only the lower wall
+            replaying = self.episodes + index < len(self._seeds)
+            self.envs.set_attr("replaying", replaying, indices=[index])
         observations = np.asarray(self.envs.reset())
         steps: list[list[Transition]] = [[] for _ in range(self.envs.num_envs)]
         genomes = np.zeros((self.envs.num_envs, self.units))

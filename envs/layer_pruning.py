@@ -23,7 +23,11 @@ ratio; the reward is the pruned network's score, given at the last step.
   the episode onto the budget (AMC's rule for the final layer). Every episode therefore
   meets the budget, and removing one element less in its last unit would break it:
   the network scored is the one the actions (``info["applied_action"]``) describe,
-  with no repair after the agent acted.
+  with no repair after the agent acted. An episode that replays a given allocation
+  (``replaying``: the ``amc`` searcher's warm starts, the one-shot baselines' choices,
+  already within the budget) is held only to the lower wall, so it is scored as the
+  baseline chose it (global magnitude may remove a last block's inner conv whole, which
+  the upper wall would turn into keeping one channel).
 - Reward: 0 until the last step, then the fitness of the decoded masks, scored by the
   project's evaluator (``score=False`` leaves it 0 and only reports the genome, for the
   ``amc`` searcher, which batches the scoring of many episodes).
@@ -125,6 +129,10 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         self._static = self._embedding()
         self.sizes = space.cost.sizes
         self.k_min, self.k_max = space.repairer.k_min, space.repairer.k_max
+        self.replaying = False
+        """Set while an episode replays a given allocation (a warm start within the
+        budget): only the lower wall holds, so a unit the allocation removes whole, with
+        the budget already met, stays removed (the upper wall would keep one element)."""
         self._removed = np.zeros(len(self.sizes))
         self._step = 0
         self._previous = 0.0
@@ -176,11 +184,14 @@ class LayerPruningEnv(gym.Env[np.ndarray, np.ndarray]):
         """The least and the most count unit ``step`` may remove, given ``removed`` for
         the units before it, so that the episode can still end on the budget: the least
         count that meets it with every later unit at its most, and the least that meets
-        it with every later unit at its least. Equal at the last unit."""
+        it with every later unit at its least. Equal at the last unit. While
+        :attr:`replaying` an allocation, the most is the unit's own limit."""
         trial = np.repeat(np.asarray(removed, dtype=np.float64)[None, :], 2, axis=0)
         trial[0, step + 1 :] = self.k_max[step + 1 :]
         trial[1, step + 1 :] = self.k_min[step + 1 :]
         low, high = self.space.repairer.least_count(trial, step)
+        if self.replaying:
+            high = self.k_max[step]
         return int(low), int(high)
 
     def ratio_of(self, action: float, step: int) -> float:

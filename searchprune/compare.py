@@ -37,6 +37,9 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import yaml
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tqdm import tqdm
 
@@ -49,7 +52,14 @@ from searchprune.config import (
 )
 from searchprune.pruners import METHODS, make_method
 from searchprune.registry import SpecError, unknown_name_message
-from searchprune.report import save_figure
+from searchprune.report import (
+    COST_AXES,
+    describe_budget,
+    front_cost_label,
+    front_figure,
+    label_axes,
+    write_png,
+)
 from searchprune.rundir import RunDir
 from searchprune.runner import check_names, run
 from searchprune.search import SEARCHERS
@@ -255,6 +265,13 @@ def aggregate(cells: list[Cell], out: Path) -> list[dict[str, Any]]:
             tuned = [b["finetuned"][metric] for b in bests if "finetuned" in b]
             if tuned:
                 row[f"finetuned_{metric}"], row[f"finetuned_{metric}_std"] = _mean_std(tuned)
+        dense = [
+            s["dense"]["test_accuracy"]
+            for s in summaries
+            if s["dense"].get("test_accuracy") is not None
+        ]
+        if dense:
+            row["dense_test_accuracy"] = statistics.fmean(dense)
         row["evaluations"] = statistics.fmean(s["evaluations"] for s in summaries)
         row["unique_evaluations"] = statistics.fmean(
             s.get("unique_evaluations", s["evaluations"]) for s in summaries
@@ -319,76 +336,102 @@ def write_tables(rows: list[dict[str, Any]], out: Path, skipped: list[str]) -> s
 
 
 def plot_curves(rows: list[dict[str, Any]], out: Path) -> list[Path]:
-    """Test accuracy against the budget, one line per method, one PNG per task."""
+    """Test accuracy against the budget (:func:`curves_figure`), one PNG per task (per
+    task and budget kind when a task was compared under several kinds)."""
     paths = []
     for task in sorted({row["task"] for row in rows}):
-        figure, axes = plt.subplots(figsize=(6.4, 4.2))
-        kind = next(row["budget"].split()[0] for row in rows if row["task"] == task)
-        for method in sorted({row["method"] for row in rows}):
-            points = sorted(
-                (
-                    float(row["budget"].split()[1]),
-                    row["test_accuracy"],
-                    row["test_accuracy_std"],
-                )
-                for row in rows
-                if row["task"] == task and row["method"] == method
+        kinds = sorted({_budget_kind(row) for row in rows if row["task"] == task})
+        for kind in kinds:
+            figure = curves_figure(
+                [row for row in rows if row["task"] == task and _budget_kind(row) == kind],
+                task,
+                kind,
             )
-            if points:
-                axes.errorbar(
-                    [p[0] for p in points],
-                    [p[1] for p in points],
-                    yerr=[p[2] for p in points],
-                    marker="o",
-                    capsize=3,
-                    label=method,
-                )
-        paths.append(
-            save_figure(
-                figure,
-                axes,
-                out / f"accuracy_vs_budget_{task}.png",
-                title=f"{task}: test accuracy vs budget (mean ± std over seeds)",
-                xlabel=kind,
-                ylabel="test accuracy (no fine-tuning)",
-            )
-        )
+            name = task if len(kinds) == 1 else f"{task}_{kind}"
+            paths.append(write_png(figure, out / f"accuracy_vs_budget_{name}.png"))
     return paths
+
+
+def _budget_kind(row: dict[str, Any]) -> str:
+    return str(row["budget"].split()[0])
+
+
+def curves_figure(rows: list[dict[str, Any]], task: str, kind: str) -> Figure:
+    """Mean ± std test accuracy of ``rows`` (one task's, one budget kind's) against the
+    budget, one line per method; dashed in the same colour after fine-tuning when the
+    runs fine-tuned; a dotted line at the dense model's test accuracy."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    methods = sorted({row["method"] for row in rows})
+    for method in methods:
+        points = sorted(
+            ((float(row["budget"].split()[1]), row) for row in rows if row["method"] == method),
+            key=lambda point: point[0],
+        )
+        line = _errorbar(axes, points, "test_accuracy", label=method)
+        _errorbar(
+            axes,
+            points,
+            "finetuned_test_accuracy",
+            label=f"{method}, fine-tuned",
+            linestyle="--",
+            color=None if line is None else line.get_color(),
+        )
+    dense = [row["dense_test_accuracy"] for row in rows if "dense_test_accuracy" in row]
+    if dense:
+        axes.axhline(statistics.fmean(dense), color="black", linestyle=":", label="dense")
+    tuned = any("finetuned_test_accuracy" in row for row in rows)
+    label_axes(
+        axes,
+        title=f"{task}: test accuracy vs budget (mean ± std over seeds)",
+        xlabel=COST_AXES[kind],
+        ylabel="test accuracy" if tuned else "test accuracy (no fine-tuning)",
+        legend="outside" if len(methods) > 4 else "best",
+    )
+    return figure
+
+
+def _errorbar(
+    axes: Axes, points: list[tuple[float, dict[str, Any]]], key: str, **style: Any
+) -> Line2D | None:
+    """Plot ``key`` (mean, with its ``_std`` as error bars) of the rows in ``points`` that
+    have it against their budget; return the line (None when no row has it)."""
+    present = [(budget, row) for budget, row in points if key in row]
+    if not present:
+        return None
+    container = axes.errorbar(
+        [budget for budget, _ in present],
+        [row[key] for _, row in present],
+        yerr=[row[f"{key}_std"] for _, row in present],
+        marker="o",
+        capsize=3,
+        **style,
+    )
+    return container.lines[0]
 
 
 def plot_fronts(cells: list[Cell], out: Path) -> list[Path]:
     """The Pareto fronts of multi-objective searchers (first seed), one PNG per task."""
-    paths = []
     fronts = [
         c
         for c in cells
-        if c.method in SEARCHERS
-        and SEARCHERS.get(c.method).multi_objective
+        if c.config.searcher is not None
+        and SEARCHERS.get(c.config.searcher.name).multi_objective
         and c.seed == cells[0].seed
     ]
+    paths = []
     for task in sorted({c.task for c in fronts}):
-        figure, axes = plt.subplots(figsize=(6.4, 4.2))
-        for cell in (c for c in fronts if c.task == task):
-            path = out / "runs" / cell.name / "pareto_front.json"
-            members = json.loads(path.read_text())["members"] if path.exists() else []
-            ((kind, value),) = cell.budget.items()
-            axes.plot(
-                [m["cost"] for m in members],
-                [m["val_fitness"] for m in members],
-                "o-",
-                label=f"{kind} {value}",
-            )
-        paths.append(
-            save_figure(
-                figure,
-                axes,
-                out / f"pareto_{task}.png",
-                title=f"{task}: NSGA-II Pareto fronts",
-                xlabel="cost kept (fraction of dense)",
-                ylabel="val fitness",
-            )
-        )
+        here = [c for c in fronts if c.task == task]
+        members = {f"{c.method}, {describe_budget(c.budget)}": _front(out, c) for c in here}
+        costs = " / ".join(dict.fromkeys(front_cost_label(c.config) for c in here))
+        figure = front_figure(members, f"{task}: Pareto fronts (first seed)", costs)
+        paths.append(write_png(figure, out / f"pareto_{task}.png"))
     return paths
+
+
+def _front(out: Path, cell: Cell) -> list[dict[str, float]]:
+    """The members of a cell's saved Pareto front (none when it saved none)."""
+    path = out / "runs" / cell.name / "pareto_front.json"
+    return json.loads(path.read_text())["members"] if path.exists() else []
 
 
 def compare(

@@ -14,11 +14,13 @@ from typing import Any, Literal
 import matplotlib
 
 from searchprune.config import Config
+from searchprune.core.budget import Budget
 from searchprune.core.masks import MaskSet
 from searchprune.finetune import finetune
 from searchprune.latency import deployed, measure_ms
 from searchprune.problem import Evaluation, Problem
 from searchprune.rundir import RunDir, write_json
+from searchprune.search import SEARCHERS
 from searchprune.search.base import FrontMember
 from searchprune.tasks import Split, Task, score_model
 
@@ -122,21 +124,115 @@ def write_report(
     summary: dict[str, Any],
     densities: Mapping[str, Mapping[str, float]],
     front: Sequence[FrontMember],
+    config: Config,
 ) -> None:
     """Write ``summary.json`` (with the Pareto front, when there is one) and the plots."""
-    task, budget = summary["task"], summary["budget"]
+    task, budget = summary["task"], describe_budget(summary["budget"])
     if front:
-        summary["pareto_front"] = write_front(front, run_dir.path, f"{task}: val fitness vs cost")
+        members = write_front(front, run_dir.path)
+        summary["pareto_front"] = members
+        figure = front_figure(
+            {budget: members}, f"{task}: val fitness vs cost", front_cost_label(config)
+        )
+        write_png(figure, run_dir / "pareto_front.png")
     run_dir.write_summary(summary)
-    plot_fitness(run_dir.read_history(), run_dir / "fitness.png", f"{summary['method']} on {task}")
-    plot_layer_sparsity(
-        densities, run_dir / "layer_sparsity.png", f"per-layer sparsity, {task}, budget {budget}"
+    fitness = fitness_figure(
+        run_dir.read_history(),
+        f"{summary['method']} on {task}, {budget}",
+        fitness_references(summary, config.fitness.name),
+        config.fitness.name,
     )
+    if fitness is not None:
+        write_png(fitness, run_dir / "fitness.png")
+    sparsity = layer_sparsity_figure(
+        densities, f"{task}: pruned share of each layer, {budget}", config.space.granularity
+    )
+    write_png(sparsity, run_dir / "layer_sparsity.png")
+
+
+def write_front(front: Sequence[FrontMember], out: Path) -> list[dict[str, float]]:
+    """Save a Pareto front as ``pareto_front.json`` (with genomes) and return its
+    fitness/cost pairs for the summary."""
+    members = [{"val_fitness": m.fitness, "cost": m.cost} for m in front]
+    write_json(
+        out / "pareto_front.json",
+        {
+            "members": [
+                {**pair, "genome": member.genome}
+                for pair, member in zip(members, front, strict=True)
+            ]
+        },
+    )
+    return members
 
 
 # ------------------------------------------------------------------------ plots
 
-LegendPlace = Literal["best", "upper left", "lower right"]
+LegendPlace = Literal["best", "upper left", "lower right", "outside"]
+
+COST_AXES = {
+    "flops": "FLOPs kept (fraction of dense)",
+    "params": "params kept (fraction of dense)",
+    "density": "prunable weights kept (fraction of dense)",
+    "sparsity": "sparsity (fraction of prunable weights removed)",
+    "latency_ms": "latency (ms)",
+}
+"""Axis labels of a cost: a budget kind or NSGA-II's ``objective``."""
+
+_BUDGET_NAMES = {
+    "sparsity": "sparsity",
+    "flops": "FLOPs",
+    "params": "params",
+    "latency_ms": "latency",
+}
+
+
+def describe_budget(budget: Mapping[str, float]) -> str:
+    """A budget in words, e.g. ``FLOPs ≤ 50%``, ``sparsity ≥ 90%``, ``latency ≤ 2 ms``."""
+    parts = []
+    for kind, target in budget.items():
+        relation = "≥" if Budget(kind, target).removes else "≤"
+        amount = f"{target:g} ms" if kind == "latency_ms" else f"{100 * target:g}%"
+        parts.append(f"{_BUDGET_NAMES[kind]} {relation} {amount}")
+    return ", ".join(parts)
+
+
+def front_cost_label(config: Config) -> str:
+    """The axis label of the cost a run's Pareto front traded off against fitness: its
+    searcher's ``objective`` (NSGA-II's, FLOPs by default), not the run's budget."""
+    searcher = config.searcher
+    if searcher is None:
+        return "cost"
+    params = SEARCHERS.get(searcher.name).Params.model_validate(searcher.model_extra or {})
+    return COST_AXES.get(getattr(params, "objective", ""), "cost (lower is better)")
+
+
+def label_axes(
+    axes: Axes,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    legend: LegendPlace | None = "best",
+) -> None:
+    """Title, axis labels, grid and legend (``None``: none; ``"outside"``: right of the
+    axes, for many entries)."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if legend == "outside":
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    elif legend is not None:
+        axes.legend(loc=legend, fontsize="small")
+
+
+def write_png(figure: Figure, path: Path) -> Path:
+    """Lay ``figure`` out, save it as PNG at ``path`` and close it."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def save_figure(
@@ -149,43 +245,55 @@ def save_figure(
     ylabel: str,
     legend: LegendPlace | None = "best",
 ) -> Path:
-    """Label, grid, legend (``None``: none), save as PNG at ``path`` and close."""
-    axes.set_xlabel(xlabel)
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    if legend is not None:
-        axes.legend(loc=legend, fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    """Label (:func:`label_axes`), save as PNG at ``path`` and close."""
+    label_axes(axes, title=title, xlabel=xlabel, ylabel=ylabel, legend=legend)
+    return write_png(figure, path)
 
 
-def plot_fitness(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Fitness of every evaluation and the best so far, against evaluations."""
+def fitness_references(summary: Mapping[str, Any], fitness: str) -> dict[str, float]:
+    """Reference levels for the fitness plot: each baseline's val fitness and, when the
+    fitness is accuracy, the dense model's val accuracy."""
+    references = {
+        name: figures["val_fitness"]
+        for name, figures in summary["baselines"].items()
+        if figures.get("val_fitness") is not None
+    }
+    if fitness == "accuracy":
+        references["dense"] = summary["dense"]["val_accuracy"]
+    return references
+
+
+def fitness_figure(
+    history: list[dict[str, Any]], title: str, references: Mapping[str, float], fitness: str
+) -> Figure | None:
+    """Fitness of every evaluation and the best so far against evaluations, with a
+    dotted line at each reference level (None when nothing was scored)."""
     scored = [row for row in history if row.get("fitness") is not None]
     if not scored:
-        return
+        return None
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
     evals = [row["eval"] for row in scored]
     axes.scatter(evals, [row["fitness"] for row in scored], s=4, alpha=0.35, label="candidate")
     axes.plot(evals, [row["best"] for row in scored], color="C3", label="best so far")
-    save_figure(
-        figure,
+    for index, (name, level) in enumerate(references.items()):
+        color = "black" if name == "dense" else f"C{(index + 4) % 10}"
+        axes.axhline(level, color=color, linestyle=":", linewidth=1.2, label=name)
+    label_axes(
         axes,
-        path,
         title=title,
         xlabel="evaluations",
-        ylabel="val fitness",
-        legend="lower right",
+        ylabel=f"val fitness ({fitness})",
+        legend="outside" if len(references) > 4 else "lower right",
     )
+    return figure
 
 
-def plot_layer_sparsity(
-    densities: Mapping[str, Mapping[str, float]], path: Path, title: str
-) -> None:
-    """Grouped bars: fraction of each layer's weights removed, one bar per method."""
+def layer_sparsity_figure(
+    densities: Mapping[str, Mapping[str, float]], title: str, granularity: str
+) -> Figure:
+    """Grouped bars: the share of each layer's weights removed, one bar per method. At
+    channel granularity that counts the weights of removed channels and those reading
+    removed input channels (:func:`searchprune.core.stats.mask_stats`)."""
     methods = list(densities)
     layers = list(next(iter(densities.values())))
     width = 0.8 / max(len(methods), 1)
@@ -197,42 +305,29 @@ def plot_layer_sparsity(
     axes.set_xticks(range(len(layers)))
     axes.set_xticklabels(layers, rotation=30, ha="right")
     axes.set_ylim(0, 1)
-    save_figure(
-        figure,
+    unit = " (channel pruning)" if granularity == "channel" else ""
+    label_axes(
         axes,
-        path,
         title=title,
         xlabel="layer",
-        ylabel="fraction of weights removed",
+        ylabel=f"share of weights removed{unit}",
         legend="upper left",
     )
+    return figure
 
 
-def write_front(front: Sequence[FrontMember], out: Path, title: str) -> list[dict[str, float]]:
-    """Save a Pareto front (``pareto_front.json`` with genomes, ``pareto_front.png``) and
-    return its fitness/cost pairs for the summary."""
-    members = [{"val_fitness": m.fitness, "cost": m.cost} for m in front]
-    write_json(
-        out / "pareto_front.json",
-        {
-            "members": [
-                {**pair, "genome": member.genome}
-                for pair, member in zip(members, front, strict=True)
-            ]
-        },
-    )
-    figure, axes = plt.subplots(figsize=(6.4, 4.0))
-    axes.plot([m.cost for m in front], [m.fitness for m in front], "o-", color="C2")
-    save_figure(
-        figure,
-        axes,
-        out / "pareto_front.png",
-        title=title,
-        xlabel="cost (fraction of the dense model kept)",
-        ylabel="val fitness",
-        legend=None,
-    )
-    return members
+def front_figure(
+    fronts: Mapping[str, Sequence[Mapping[str, float]]], title: str, cost: str
+) -> Figure:
+    """Pareto fronts (each a list of ``val_fitness``/``cost`` members) against their
+    ``cost`` axis label, one labelled line each."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for label, members in fronts.items():
+        axes.plot(
+            [m["cost"] for m in members], [m["val_fitness"] for m in members], "o-", label=label
+        )
+    label_axes(axes, title=title, xlabel=cost, ylabel="val fitness")
+    return figure
 
 
 def pick_from_front(run_dir: str | Path, max_cost: float) -> dict[str, Any]:

@@ -424,7 +424,7 @@ def finish(
         summary["evaluator"] = evaluator_section
     if problem.latency is not None:
         summary["latency_model"] = latency_section(problem)
-    write_report(run_dir, summary, densities, front or [])
+    write_report(run_dir, summary, densities, front or [], config)
     return summary
 
 

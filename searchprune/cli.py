@@ -102,10 +102,12 @@ def _export(args: argparse.Namespace) -> int:
     from searchprune.export import export_run
 
     try:
-        path = export_run(args.run_dir, args.format, args.out, trust_plugins=args.trust_plugins)
+        result = export_run(
+            args.run_dir, args.format, args.out, trust_plugins=args.trust_plugins, onnx=args.onnx
+        )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    print(f"wrote {path}")
+    print("\n".join(result.lines()))
     return 0
 
 
@@ -203,7 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", required=True, choices=["compact", "sparse", "masked", "torch-prune"]
     )
     export_parser.add_argument(
-        "--out", type=Path, help="file to write (default RUN_DIR/model-FORMAT.pt)"
+        "--out",
+        type=Path,
+        help="file to write (default RUN_DIR/model-FORMAT.pt2, a torch.export program, for "
+        "compact and masked; .pt for sparse, which is TorchScript, and for torch-prune's "
+        "state dict)",
+    )
+    export_parser.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write the compact or masked model as ONNX beside --out (suffix .onnx); "
+        "needs pip install onnx onnxscript onnxruntime",
     )
     export_parser.add_argument(
         "--trust-plugins",

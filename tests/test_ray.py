@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -16,12 +17,15 @@ import ray
 import yaml
 from ray._raylet import AuthenticationMode, get_authentication_mode
 
+import searchprune
+from searchprune import runner
 from searchprune.cli import main
 from searchprune.core.budget import Budget
 from searchprune.evaluate import LocalEvaluator
 from searchprune.evaluate.ray import RayEvaluator, RayWorkerError
 from searchprune.fitness import FitnessContext
 from searchprune.problem import Problem
+from searchprune.space import BudgetMode
 from searchprune.tasks.base import Task
 
 BIN = Path(sys.executable).parent
@@ -104,6 +108,31 @@ def test_ray_results_equal_local_results(ray_evaluator: RayEvaluator) -> None:
     assert [r.fitness for r in remote] == [r.fitness for r in local]
     assert all(np.array_equal(a.genome, b.genome) for a, b in zip(remote, local, strict=True))
     assert len({r.fitness for r in remote}) > 1
+
+
+def test_the_summary_reports_the_actors_start_up_time(
+    ray_evaluator: RayEvaluator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert 0 < ray_evaluator.startup_s < 120 and ray_evaluator.connect_s > 0
+
+    def on_this_ray(config: object, problem: Problem, budget_mode: BudgetMode) -> RayEvaluator:
+        # num_cpus=0: the fixture's two actors hold this Ray instance's two CPUs
+        return RayEvaluator(problem, actors=1, num_cpus=0, budget_mode=budget_mode)
+
+    monkeypatch.setattr(runner, "build_evaluator", on_this_ray)
+    config: dict[str, object] = {
+        "task": "digits-mlp",
+        "budget": {"sparsity": 0.9},
+        "searcher": "random",
+        "evaluator": {"name": "ray"},
+        "run": {"max_evals": 16, "progress": False},
+    }
+    summary = searchprune.run(config, out=str(tmp_path / "run"), echo=lambda line: None)
+    section = json.loads((tmp_path / "run" / "summary.json").read_text())["evaluator"]
+    assert section == summary["evaluator"]
+    assert section["name"] == "ray" and section["actors"] == 1 and section["replaced"] == 0
+    assert 0 < section["startup_s"] < 120
+    assert section["connect_s"] < 1, "Ray was running: nothing to connect to"
 
 
 @pytest.mark.slow

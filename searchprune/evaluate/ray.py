@@ -1,7 +1,9 @@
 """Ray evaluation: the problem resident in actors on any number of CPUs, GPUs and machines.
 
 The problem (model, data, space) is put in Ray's object store once with ``ray.put``;
-each actor fetches it once, when it starts. Per call only small numpy genome arrays
+each actor fetches it once, when it starts; the evaluator waits until every actor has
+answered (``startup_s``, reported in the run's summary), so an actor that cannot start
+fails the run at once with Ray's reason. Per call only small numpy genome arrays
 travel, several at a time: the chunk size adapts so that one call takes about
 ``target_seconds`` (one candidate per call is slower than serial here; dozens per call
 keep two actors busy). Results equal the local evaluator's for the same genomes.
@@ -11,7 +13,9 @@ are run again, so no evaluation is lost and the run's result does not change.
 
 Connecting: an ``address`` is probed first (a TCP connection to its host and port, for at
 most ``connect_timeout`` seconds), so an unreachable cluster fails at once with an error
-naming it, where Ray itself would retry for minutes.
+naming it, where Ray itself would retry for minutes. A cluster with token authentication
+refuses a driver without ``RAY_AUTH_MODE=token`` (Ray 2.60 sends the token to an address
+given explicitly only then); the error says so.
 
 A local Ray started for a run keeps Ray's default authentication (from Ray 2.60 on, a
 token in ``~/.ray/auth_token`` that every connection must present). That token is what
@@ -47,6 +51,10 @@ class _ProblemActor:
     def __init__(self, problem: Problem, threads: int, device: str | None) -> None:
         prepare_process(threads)
         self.problem = problem if device is None else problem.to(device)
+
+    def ready(self) -> bool:
+        """Answers once the actor holds its problem (its constructor has run)."""
+        return True
 
     def score(self, genomes: np.ndarray, labels: list[str]) -> tuple[list[Evaluation], float]:
         start = time.perf_counter()
@@ -116,14 +124,20 @@ class RayEvaluator(Evaluator):
         self.max_deaths = max_deaths
         self._seconds_per_eval: float | None = None
         self._started_ray = False
+        started = time.perf_counter()
         if not ray.is_initialized():
             self._connect(address, actors, num_cpus, connect_timeout)
+        self.connect_s = time.perf_counter() - started
         self._options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         self._threads = threads
+        started = time.perf_counter()
         self._problem_ref = ray.put(problem)
         self._actor_class = ray.remote(_ProblemActor)
         self.actors = [self._new_actor() for _ in range(actors)]
+        self._wait_ready()
+        self.startup_s = time.perf_counter() - started
         self.replaced = 0
+        self._actor_count = actors
 
     def _connect(self, address: str | None, actors: int, num_cpus: float, timeout: float) -> None:
         # workers import searchprune and user plug-ins from the driver's path
@@ -133,7 +147,17 @@ class RayEvaluator(Evaluator):
             address, source = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
         if address:
             probe_address(address, timeout, source)
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            try:
+                ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            except ConnectionError as error:
+                if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+                    raise
+                # Ray sends the token to an address given explicitly only in token mode
+                raise RayConnectionError(
+                    f"{source}: {error}; a cluster with token authentication (Ray 2.60's "
+                    "`ray start --head` turns it on when ~/.ray/auth_token exists) needs "
+                    "RAY_AUTH_MODE=token here too (docs/ray.md, Authentication)"
+                ) from None
         else:
             ray.init(
                 address="local",  # a new instance, never a cluster left running
@@ -143,6 +167,31 @@ class RayEvaluator(Evaluator):
                 log_to_driver=False,
             )
         self._started_ray = True
+
+    def _wait_ready(self) -> None:
+        """Block until every actor answers (its process started and loaded the problem);
+        an actor that cannot start raises :class:`RayWorkerError` with Ray's reason."""
+        try:
+            ray.get([actor.ready.remote() for actor in self.actors])
+        except (RayActorError, RayTaskError) as error:
+            self.close()
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            raise RayWorkerError(
+                "a Ray actor could not start (it loads searchprune and the problem); "
+                f"{lines[-1].strip() if lines else type(error).__name__}"
+            ) from None
+
+    def summary_section(self) -> dict[str, Any]:
+        """The run summary's ``evaluator`` section: how long connecting to (or starting)
+        Ray took, and the actors' start-up, from creating them to all of them answering
+        (each starts a Python process, imports searchprune and loads the problem)."""
+        return {
+            "name": "ray",
+            "actors": self._actor_count,
+            "connect_s": round(self.connect_s, 3),
+            "startup_s": round(self.startup_s, 3),
+            "replaced": self.replaced,
+        }
 
     def _new_actor(self) -> Any:
         device = "cuda" if self._options["num_gpus"] > 0 else None

@@ -24,6 +24,7 @@ fronts).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -231,6 +232,10 @@ def stale_runs(cells: list[Cell], out: Path) -> dict[str, list[str]]:
         except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
             stale[cell.name] = [f"{path} cannot be read ({type(error).__name__})"]
             continue
+        # with today's defaults filled in, a key added since is not a change; a config
+        # that no longer validates is compared as it is (the differing keys say why)
+        with contextlib.suppress(ConfigError):
+            saved = _as_saved(validate_config(saved))
         changes = changed_keys(saved, _as_saved(cell.config))
         if changes:
             stale[cell.name] = changes

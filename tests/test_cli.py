@@ -337,7 +337,7 @@ def test_exports_are_the_weights_that_were_scored(
     assert sorted(stored) == ["0.bias", "0.weight", "2.bias", "2.weight"]
 
     assert main(["export", str(out), "--format", "masked"]) == 0
-    exported = torch.jit.load(str(out / "model-masked.pt"))
+    exported = torch.export.load(out / "model-masked.pt2").module()
     inputs = torch.randn(600, 8, generator=torch.Generator().manual_seed(0))
     targets = (inputs[:, :4].sum(dim=1) > 0).long()
     with torch.inference_mode():

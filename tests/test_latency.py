@@ -181,4 +181,4 @@ def test_a_resumed_run_and_an_export_reuse_the_measured_curve(
     assert summary["evaluations"] == 40
     assert summary["latency_model"]["search_budget"] == first["latency_model"]["search_budget"]
     assert main(["export", str(out), "--format", "compact"]) == 0
-    assert (out / "model-compact.pt").exists()
+    assert (out / "model-compact.pt2").exists()

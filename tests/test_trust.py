@@ -123,9 +123,9 @@ def test_a_users_own_plug_in_runs_fresh_and_needs_the_flag_once_received(
     assert main(["export", str(out), "--format", "masked"]) == 2
     err = capsys.readouterr().err
     assert "task.name: 'user_plugin:make_task'" in err and "--trust-plugins" in err
-    assert not (out / "model-masked.pt").exists()
+    assert not (out / "model-masked.pt2").exists()
     assert main(["export", str(out), "--format", "masked", "--trust-plugins"]) == 0
-    assert (out / "model-masked.pt").stat().st_size > 0
+    assert (out / "model-masked.pt2").stat().st_size > 0
     # resuming with the user's own CONFIG: the same plug-ins, chosen again
     resumed = ["run", str(config), "--resume", str(out), "--set", "run.max_evals=24"]
     assert main(resumed) == 0

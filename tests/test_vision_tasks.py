@@ -261,7 +261,7 @@ def test_torchvision_model_from_a_config_exports_a_compact_model_as_accurate_as_
     assert summary["dense"]["test_accuracy"] >= 0.8  # the task trained on the easy images
     assert summary["best"]["flops_fraction"] <= 0.5 + 1e-6
     assert main(["export", str(out), "--format", "compact"]) == 0
-    exported = torch.jit.load(str(out / "model-compact.pt"))
+    exported = torch.export.load(out / "model-compact.pt2").module()
     task = build_task(validate_config(config))
     assert task.info["cached"] is True
     test = score_model(exported, task.split("test"))

@@ -63,15 +63,19 @@ def count_flops(model: Any, example: Any) -> int:
     """FLOPs of one forward pass of ``model`` on ``example`` as
     ``torch.utils.flop_counter`` counts them (2 per multiply-accumulate: matmuls,
     convolutions, attention), taught the CPU kernel of scaled dot-product attention,
-    which it does not know by itself."""
+    which it does not know by itself, with ``nn.MultiheadAttention``'s fused fast path
+    off (the counter does not know that fused kernel either: a dense torchvision ViT
+    would count a third of its FLOPs)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    from searchprune.core.layers import no_attention_fastpath
 
     def cpu_attention(query: Any, key: Any, value: Any, *_: object, **__: object) -> int:
         return int(sdpa_flop_count(query, key, value))
 
     kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     counter = FlopCounterMode(display=False, custom_mapping={kernel: cpu_attention})
-    with torch.inference_mode(), counter:
+    with torch.inference_mode(), no_attention_fastpath(), counter:
         model(example)
     return int(counter.get_total_flops())

@@ -34,7 +34,7 @@ import numpy as np
 
 from searchprune.report import save_figure
 
-SEARCHERS = ("ga", "nsga2", "pso", "sa", "cmaes", "random")
+SEARCHERS = ("ga", "nsga2", "pso", "sa", "cmaes", "random", "amc")
 
 
 def summaries(root: Path) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
@@ -131,9 +131,11 @@ def selection(found: dict[tuple[str, str, str], list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def bars(found: dict[tuple[str, str, str], list[dict[str, Any]]], img: Path) -> list[Path]:
-    """Test accuracy before fine-tuning: every searcher warm and cold and the three best
-    baselines, per budget, one PNG per task."""
+def bars(
+    found: dict[tuple[str, str, str], list[dict[str, Any]]], img: Path, tuned: bool = False
+) -> list[Path]:
+    """Test accuracy before (or after) fine-tuning: every searcher warm and cold and the
+    three best baselines, per budget, one PNG per task."""
     paths = []
     img.mkdir(parents=True, exist_ok=True)
     for task in sorted({t for t, _, _ in found}):
@@ -153,7 +155,7 @@ def bars(found: dict[tuple[str, str, str], list[dict[str, Any]]], img: Path) -> 
         for i, method in enumerate(methods):
             means, stds = [], []
             for budget in budgets:
-                values = tested(found.get((task, budget, method), [])) or [float("nan")]
+                values = tested(found.get((task, budget, method), []), tuned) or [float("nan")]
                 mean, std = mean_std(values)
                 means.append(100 * mean)
                 stds.append(100 * std)
@@ -163,15 +165,17 @@ def bars(found: dict[tuple[str, str, str], list[dict[str, Any]]], img: Path) -> 
                 label=method, hatch=hatch,
             )
         axes.set_xticks(np.arange(len(budgets)) + 0.4 - width / 2, budgets)
-        axes.legend(fontsize=7, ncol=3)
+        axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        when = "after" if tuned else "before"
         paths.append(
             save_figure(
                 figure,
                 axes,
-                img / f"deep_{task}.png",
-                title=f"{task}: test accuracy before fine-tuning (mean ± std, 3 seeds)",
-                xlabel="budget",
+                img / f"deep_{task}{'_tuned' if tuned else ''}.png",
+                title=f"{task}: test accuracy {when} fine-tuning (mean ± std over seeds)",
+                xlabel="budget (hatched: searcher without warm start)",
                 ylabel="test accuracy %",
+                legend=None,
             )
         )
     return paths
@@ -252,7 +256,7 @@ def main() -> None:
         found = summaries(args.compare)
         print("## goals\n" + goals(found) + "\n")
         print("## selection\n" + selection(found) + "\n")
-        for path in bars(found, args.img):
+        for path in bars(found, args.img) + bars(found, args.img, tuned=True):
             print(f"plot: {path}")
     if args.spaces:
         print("\n## spaces\n" + spaces(args.spaces))

@@ -124,7 +124,8 @@ def cli(args: Sequence[str], cwd: Path, fault: str | None = None) -> int:
 def outcome(out: Path) -> tuple[list[str], dict[str, Any]]:
     """A finished run's history lines and its summary without the wall time."""
     summary = json.loads((out / RunDir.SUMMARY).read_text())
-    summary.pop("wall_time_s")
+    for key in ("wall_time_s", "total_time_s", "environment"):  # when and where it ran
+        summary.pop(key)
     return (out / RunDir.HISTORY).read_text().splitlines(), summary
 
 

@@ -32,7 +32,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # a two-node Ray cluster and four quickstart runs (about 90 s)
+pytestmark = [  # a two-node Ray cluster and four quickstart runs (about 90 s)
+    pytest.mark.slow,
+    pytest.mark.xdist_group("ray"),  # one Ray at a time (Makefile: -n 2)
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -10,6 +10,8 @@ import ray
 
 from searchprune.cli import main
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time (Makefile: -n 2)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -41,7 +41,8 @@ def _lines(out: Path) -> list[str]:
 
 def _summary(out: Path) -> dict[str, Any]:
     summary = RunDir(out).read_summary()
-    del summary["wall_time_s"]
+    for key in ("wall_time_s", "total_time_s", "environment"):  # when and where it ran
+        del summary[key]
     return summary
 
 

@@ -145,9 +145,15 @@ class Scores:
 
 @torch.inference_mode()
 def score_model(model: nn.Module, split: Split, loss: LossFn = F.cross_entropy) -> Scores:
-    """Accuracy and mean loss of ``model`` (in eval mode) over every batch of ``split``."""
+    """Accuracy and mean loss of ``model`` (in eval mode) over every batch of ``split``;
+    a module loaded from a torch.export file (fixed in the mode it was exported in, and
+    refusing ``eval()``) is scored as it is."""
     was_training = model.training
-    model.eval()
+    try:
+        model.eval()
+        switched = True
+    except NotImplementedError:  # torch.export's module keeps the mode it was exported in
+        switched = False
     correct, total, loss_sum = 0, 0, 0.0
     device = next(model.parameters()).device
     for inputs, targets in split:
@@ -156,7 +162,8 @@ def score_model(model: nn.Module, split: Split, loss: LossFn = F.cross_entropy) 
         correct += int((logits.argmax(dim=1) == targets).sum())
         loss_sum += float(loss(logits, targets)) * len(targets)
         total += len(targets)
-    model.train(was_training)
+    if switched:
+        model.train(was_training)
     if total == 0:
         raise ValueError("cannot score a model on an empty split")
     return Scores(accuracy=correct / total, loss=loss_sum / total)

@@ -229,8 +229,9 @@ def cause(error: BaseException) -> str:
         return str(error)
     lines = str(error).strip().splitlines()
     text = f"{type(error).__name__}: {lines[0] if lines else ''}"
-    frozen = text.find("Channels that cannot be pruned:")  # a budget's error names them
-    text = text[:240] + (f" ... {text[frozen:][:360]}" if frozen > 240 else "")
+    frozen = text.find("Channels that cannot be pruned:")  # a budget error's reasons: kept
+    kept = f"{text[: min(frozen, 240)].rstrip()} {text[frozen : frozen + 360]}"
+    text = kept if frozen >= 0 else text[:240]
     frames = traceback.extract_tb(error.__traceback__)
     packages = re.compile(r"/(searchprune|torch_pruning)/")
     ours = [frame for frame in frames if packages.search(frame.filename)]

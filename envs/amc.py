@@ -276,47 +276,40 @@ class AMCSearch(Searcher):
             return super().seeded(genomes)
         return list(self._asked_labels)
 
-    def _seed_actions(self, step: int, count: int) -> dict[int, float]:
-        """Actions at unit ``step`` for the episodes of this batch that replay a warm
-        start: episode ``self.episodes + i`` plays seed ``self.episodes + i``."""
-        env = self.envs.envs[0]
-        assert isinstance(env, LayerPruningEnv)
-        return {
-            i: env.action_of(float(self._seeds[self.episodes + i, step]), step)
-            for i in range(count)
-            if self.episodes + i < len(self._seeds)
-        }
+    def _replays(self, count: int) -> list[int | None]:
+        """For each of ``count`` episodes starting now, the warm start it replays, or
+        None: episode ``self.episodes + i`` replays seed ``self.episodes + i``."""
+        first = self.episodes
+        return [first + i if first + i < len(self._seeds) else None for i in range(count)]
 
-    def _actions(self, observations: np.ndarray, step: int) -> np.ndarray:
+    def _actions(self, observations: np.ndarray) -> np.ndarray:
         count = len(observations)
         if self.episodes < self.warmup:
-            actions = self.rng.uniform(-1.0, 1.0, size=(count, 1))
-            for i, action in self._seed_actions(step, count).items():
-                actions[i, 0] = action
-            return actions
+            return self.rng.uniform(-1.0, 1.0, size=(count, 1))
         with torch.no_grad():
             predicted, _ = self.agent.predict(observations, deterministic=True)
         mean = np.asarray(predicted, dtype=np.float64)
         sigma = self._noise_sigma()
-        if sigma > 0.0:
-            low, high = (-1.0 - mean) / sigma, (1.0 - mean) / sigma
-            mean = np.asarray(
-                truncnorm.rvs(low, high, loc=mean, scale=sigma, random_state=self.rng)
-            )
-        for i, action in self._seed_actions(step, count).items():
-            mean[i, 0] = action
-        return mean
+        if sigma == 0.0:
+            return mean
+        low, high = (-1.0 - mean) / sigma, (1.0 - mean) / sigma
+        return np.asarray(truncnorm.rvs(low, high, loc=mean, scale=sigma, random_state=self.rng))
 
     def ask(self, n: int) -> np.ndarray:
         """Run ``population`` episodes in lockstep; return the genomes of the first ``n``."""
-        for index in range(self.envs.num_envs):  # warm starts: only the lower wall
-            replaying = self.episodes + index < len(self._seeds)
-            self.envs.set_attr("replaying", replaying, indices=[index])
+        replays = self._replays(self.envs.num_envs)
+        for index, seed in enumerate(replays):  # a warm start: only the lower wall
+            self.envs.set_attr("replaying", seed is not None, indices=[index])
+        env = self.envs.envs[0]
+        assert isinstance(env, LayerPruningEnv)
         observations = np.asarray(self.envs.reset())
         steps: list[list[Transition]] = [[] for _ in range(self.envs.num_envs)]
         genomes = np.zeros((self.envs.num_envs, self.units))
         for step in range(self.units):
-            actions = self._actions(observations, step).astype(np.float32)
+            actions = np.array(self._actions(observations), dtype=np.float32)
+            for index, seed in enumerate(replays):
+                if seed is not None:
+                    actions[index, 0] = env.action_of(float(self._seeds[seed, step]), step)
             stepped, _, dones, infos = self.envs.step(actions)
             following = np.asarray(stepped)
             for index, info in enumerate(infos):
@@ -327,8 +320,7 @@ class AMCSearch(Searcher):
             observations = following
         self._rollouts = steps[:n]
         self._asked_labels = [
-            self._seed_names[self.episodes + i] if self.episodes + i < len(self._seeds) else None
-            for i in range(min(n, self.envs.num_envs))
+            None if seed is None else self._seed_names[seed] for seed in replays[:n]
         ]
         return genomes[:n]
 

@@ -126,7 +126,8 @@ def write_report(
     front: Sequence[FrontMember],
     config: Config,
 ) -> None:
-    """Write ``summary.json`` (with the Pareto front, when there is one) and the plots."""
+    """Write the plots (and the Pareto front's file, when there is one, adding it to
+    ``summary``); the caller writes ``summary.json`` once the run's figures are all in."""
     task, budget = summary["task"], describe_budget(summary["budget"])
     if front:
         members = write_front(front, run_dir.path)
@@ -135,7 +136,6 @@ def write_report(
             {budget: members}, f"{task}: val fitness vs cost", front_cost_label(config)
         )
         write_png(figure, run_dir / "pareto_front.png")
-    run_dir.write_summary(summary)
     fitness = fitness_figure(
         run_dir.read_history(),
         f"{summary['method']} on {task}, {budget}",

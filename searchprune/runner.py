@@ -370,7 +370,8 @@ def finish(
     selection: tuple[dict[str, Any], MaskSet] | None = None,
     evaluator_section: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score the best masks and the baselines on val and test; write the report.
+    """Score the best masks and the baselines on val and test; write the plots (the
+    caller writes ``summary.json``).
 
     ``best_problem`` scores the best masks when they belong to another model than
     ``problem``'s (a training-time method's trained copy); dense figures and baselines
@@ -420,7 +421,7 @@ def finish(
         if section["changed"]:
             section["val_best_test_accuracy"] = test_accuracy(problem, val_best, test)
         summary["selection"] = section
-    if evaluator_section:  # the Ray evaluator's connect and actor start-up times
+    if evaluator_section:  # a Ray evaluator's connect and actor start-up times
         summary["evaluator"] = evaluator_section
     if problem.latency is not None:
         summary["latency_model"] = latency_section(problem)
@@ -626,7 +627,7 @@ def _search_to_report(
         echo,
         searcher.front(),
         selection=(selection, val_best) if selection is not None else None,
-        evaluator_section=getattr(evaluator, "summary_section", dict)(),
+        evaluator_section=evaluator.summary_section(),
     )
 
 

@@ -132,7 +132,7 @@ def test_run_report_draws_reference_lines_and_names_cost_and_unit(
         axes = _axes(drawn["pareto_front.png"])
         assert axes.get_xlabel() == "params kept (fraction of dense)"
         assert list(axes.get_lines()[0].get_xdata()) == [0.3, 0.45]
-        assert run_dir.read_summary()["pareto_front"][1] == {"val_fitness": 0.69, "cost": 0.45}
+        assert summary["pareto_front"][1] == {"val_fitness": 0.69, "cost": 0.45}  # run() writes it
 
 
 def _compare_cells(methods: list[str], seeds: list[int]) -> list[compare.Cell]:

@@ -110,7 +110,7 @@ def test_amc_still_acts_after_thousands_of_episodes(tmp_path: Path) -> None:
         amc.agent.actor.mu[-2].bias.fill_(50.0)  # type: ignore[attr-defined]
     amc.episodes = 5_000  # type: ignore[attr-defined]
     observations = np.asarray(amc.envs.reset())  # type: ignore[attr-defined]
-    actions = amc._actions(observations, 0)  # type: ignore[attr-defined]
+    actions = amc._actions(observations)  # type: ignore[attr-defined]
     assert (actions <= 1.0).all() and (actions > 1.0 - 1e-4).all()
     genomes = amc.ask(4)
     assert genomes.shape == (4, space.dim) and np.isfinite(genomes).all()

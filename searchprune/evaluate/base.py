@@ -91,6 +91,11 @@ class Evaluator(ABC):
             batch.add(key)
         return new
 
+    def summary_section(self) -> dict[str, Any]:
+        """The run summary's ``evaluator`` section: nothing for a local evaluator; the
+        Ray evaluator reports its connect and actor start-up times."""
+        return {}
+
     def novel(self, genomes: np.ndarray) -> np.ndarray:
         """For unrepaired genomes ``(P, dim)``: whether each, once repaired, would be a new
         (unique) evaluation; searchers redraw the others (:meth:`Searcher.redraw_novel

@@ -260,13 +260,18 @@ def test_amc_episodes_are_scored_as_the_agent_acted() -> None:
 
 
 def test_amc_schedule_follows_the_reference_and_scales_to_the_run() -> None:
-    """AMC's settings by default: warm-up a tenth of the run, noise from 0.5 down to
-    ``noise_final`` at half the run, one update per transition, 100 episodes of replay,
-    actor 1e-4 and critic 1e-3, tau 0.01, hidden layers 300-300."""
+    """AMC's settings by default: warm-up a tenth of the run, noise from 0.5 (cold) or
+    ``warm_sigma`` (warm-started) down to ``noise_final`` at half the run, one
+    update per transition, 100 episodes of replay, actor 1e-4 and critic 1e-3, tau 0.01,
+    hidden layers 300-300."""
     problem = _resnet_problem(Budget("flops", 0.5))
     units = len(problem.space.units)
+    settings_ = {"population": 8, "episodes": 80, "batch_size": 8}
+    warm = make_searcher("amc", problem.space, seed=0, problem=problem, **settings_)
+    warm.episodes = 8
+    assert warm._noise_sigma() / 2.0 == pytest.approx(warm.params.warm_sigma)
     amc = make_searcher(
-        "amc", problem.space, seed=0, problem=problem, population=8, episodes=80, batch_size=8
+        "amc", problem.space, seed=0, problem=problem, warm_start=[], imitate="never", **settings_
     )
     assert amc.warmup == 8 and amc.steps_per_episode == units
     assert amc.agent.replay_buffer.buffer_size == 100 * units
@@ -335,3 +340,33 @@ def test_amc_warm_up_episodes_play_the_baselines_allocations_first() -> None:
         "amc", problem.space, seed=0, problem=problem, population=8, episodes=80, warm_start=[]
     )
     assert cold.seeded(cold.ask(8)) == [None] * 8
+
+
+def test_warm_started_actor_imitates_the_best_episode(tmp_path: Path) -> None:
+    """At the end of the warm-up (and at each new best) a warm-started agent's actor is
+    fitted to the best episode's actions: acting without noise, it replays that
+    allocation; the fitted best survives a checkpoint."""
+    problem = _resnet_problem(Budget("flops", 0.5))
+    evaluator = LocalEvaluator(problem, budget_mode="bound")
+    settings_ = {"population": 8, "warmup": 8, "batch_size": 8, "imitate_steps": 400}
+    amc = make_searcher("amc", problem.space, seed=0, problem=problem, **settings_)
+    genomes = amc.ask(8)
+    fitness = np.array([r.fitness for r in evaluator.evaluate(genomes)])
+    amc.tell(genomes, fitness)
+    best, observations, actions = amc._best
+    assert best == fitness.max()
+    with torch.no_grad():
+        acted, _ = amc.agent.predict(observations, deterministic=True)
+    assert np.abs(acted - actions).max() < 0.05
+    untrained = make_searcher(
+        "amc", problem.space, seed=0, problem=problem, imitate="never", **settings_
+    )
+    untrained.tell(untrained.ask(8), fitness)
+    with torch.no_grad():
+        acted, _ = untrained.agent.predict(observations, deterministic=True)
+    assert np.abs(acted - actions).max() > 0.2
+    resumed = make_searcher("amc", problem.space, seed=3, problem=problem, **settings_)
+    RunDir(tmp_path).save_checkpoint({"amc": amc.state_dict()})  # plain data, no pickle
+    resumed.load_state_dict(RunDir(tmp_path).load_checkpoint()["amc"])
+    assert resumed._best[0] == best
+    np.testing.assert_array_equal(resumed._best[2], actions)

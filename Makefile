@@ -23,7 +23,7 @@ RAY_TESTS := tests/test_ray.py tests/test_ray_cluster.py tests/test_ray_searcher
 test: setup
 	$(BIN)/ruff check searchprune envs tests benchmarks
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n 2 --dist loadgroup $(RAY_TESTS) tests
+	$(BIN)/pytest -q -n 2 --dist loadgroup --durations=15 $(RAY_TESTS) tests
 
 # The suite without the end-to-end tests marked slow (Ray clusters, killed runs, AMC on
 # Ray, large zoo models): about a minute once the built-in models are cached.

@@ -5,6 +5,9 @@ configs write (no run is started here).
   budget (each searcher's mean test accuracy against the best one-shot baseline, before
   and after fine-tuning), how often re-scoring on the selection split changed the pick,
   and a bar chart per task (``deep_<task>.png`` in ``--img``);
+- ``--longer DIR`` (configs/compare/deep-1000.yaml, with ``--compare``): the same goals
+  at 1000 unique evaluations, against the baselines of ``--compare``, every searcher at
+  300 and at 1000 side by side, and the bar charts (``deep_<task>_1000.png``);
 - ``--spaces DIR...`` (configs/compare/deep-spaces.yaml, one directory per space):
   val and test accuracy per space and searcher;
 - ``--fidelity FULL FIDELITY`` (configs/compare/deep-fidelity.yaml without and with
@@ -12,7 +15,8 @@ configs write (no run is started here).
   each run spent until its best val fitness first reached the best the full-fidelity
   run found.
 
-Run: ``.venv/bin/python benchmarks/deep_report.py --compare runs/compare-deep --spaces
+Run: ``.venv/bin/python benchmarks/deep_report.py --compare runs/compare-deep
+--longer runs/compare-deep-1000 --spaces
 runs/deep-spaces-layer-ratios runs/deep-spaces-reference-ratios
 runs/deep-spaces-depth-schedule --fidelity runs/deep-full runs/deep-fidelity``.
 """
@@ -132,10 +136,13 @@ def selection(found: dict[tuple[str, str, str], list[dict[str, Any]]]) -> str:
 
 
 def bars(
-    found: dict[tuple[str, str, str], list[dict[str, Any]]], img: Path, tuned: bool = False
+    found: dict[tuple[str, str, str], list[dict[str, Any]]],
+    img: Path,
+    tuned: bool = False,
+    suffix: str = "",
 ) -> list[Path]:
     """Test accuracy before (or after) fine-tuning: every searcher warm and cold and the
-    three best baselines, per budget, one PNG per task."""
+    three best baselines, per budget, one PNG per task (``deep_<task><suffix>.png``)."""
     paths = []
     img.mkdir(parents=True, exist_ok=True)
     for task in sorted({t for t, _, _ in found}):
@@ -171,14 +178,46 @@ def bars(
             save_figure(
                 figure,
                 axes,
-                img / f"deep_{task}{'_tuned' if tuned else ''}.png",
-                title=f"{task}: test accuracy {when} fine-tuning (mean ± std over seeds)",
+                img / f"deep_{task}{suffix}{'_tuned' if tuned else ''}.png",
+                title=f"{task}{suffix.replace('_', ' ')}: test accuracy {when} fine-tuning "
+                "(mean ± std over seeds)",
                 xlabel="budget (hatched: searcher without warm start)",
                 ylabel="test accuracy %",
                 legend=None,
             )
         )
     return paths
+
+
+def longer(
+    short: dict[tuple[str, str, str], list[dict[str, Any]]],
+    long: dict[tuple[str, str, str], list[dict[str, Any]]],
+) -> str:
+    """Every searcher warm and cold at 300 and at 1000 unique evaluations: test accuracy
+    before fine-tuning (mean ± std over seeds), and val, which the search maximises."""
+    lines = [
+        "| task | budget | searcher | warm 300 | warm 1000 | cold 300 | cold 1000 | "
+        "warm val 300 / 1000 | warm 1000 tuned |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def val(runs: list[dict[str, Any]] | None) -> str:
+        return pm([r["best"]["val_accuracy"] for r in runs]) if runs else "-"
+
+    for task, budget in sorted({(t, b) for t, b, _ in long}):
+        for name in SEARCHERS:
+            key, cold = (task, budget, name), (task, budget, name + "-cold")
+            if key not in long:
+                continue
+            cells = [
+                pm(tested(runs)) if runs else "-"
+                for runs in (short.get(key), long[key], short.get(cold), long.get(cold))
+            ]
+            lines.append(
+                f"| {task} | {budget} | {name} | {' | '.join(cells)} | "
+                f"{val(short.get(key))} / {val(long[key])} | {pm(tested(long[key], True))} |"
+            )
+    return "\n".join(lines)
 
 
 def spaces(roots: list[Path]) -> str:
@@ -248,6 +287,7 @@ def fidelity(full: Path, shard: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", type=Path)
+    parser.add_argument("--longer", type=Path)
     parser.add_argument("--spaces", type=Path, nargs="*", default=[])
     parser.add_argument("--fidelity", type=Path, nargs=2)
     parser.add_argument("--img", type=Path, default=Path("docs/img"))
@@ -257,6 +297,15 @@ def main() -> None:
         print("## goals\n" + goals(found) + "\n")
         print("## selection\n" + selection(found) + "\n")
         for path in bars(found, args.img) + bars(found, args.img, tuned=True):
+            print(f"plot: {path}")
+    if args.longer:
+        if not args.compare:
+            parser.error("--longer needs --compare (the 300-evaluation grid and its baselines)")
+        long = summaries(args.longer)
+        with_baselines = {**{k: v for k, v in found.items() if is_baseline(k[2])}, **long}
+        print("## 1000 evaluations: goals\n" + goals(with_baselines) + "\n")
+        print("## 300 against 1000\n" + longer(found, long) + "\n")
+        for path in bars(with_baselines, args.img, suffix="_1000"):
             print(f"plot: {path}")
     if args.spaces:
         print("\n## spaces\n" + spaces(args.spaces))

@@ -285,17 +285,22 @@ def test_killed_between_history_and_checkpoint_resumes_to_the_same_history(
     assert _lines(out) == _lines(tmp_path / "straight")
 
 
+_KILL_CHUNKS = 3  # the sweep takes over 3 minutes: in chunks, both test workers share it
+
+
 @pytest.mark.slow
-def test_a_kill_at_every_write_point_resumes_to_the_same_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("chunk", range(_KILL_CHUNKS))
+def test_a_kill_at_every_write_point_resumes_to_the_same_result(tmp_path: Path, chunk: int) -> None:
     """SIGKILL at the 1st and 2nd write of every file a run writes (the 2nd replaces a
     file already there), before and after the write lands (and again inside the
     resume): every run resumes, to the uninterrupted history and summary. The 3rd and
     later writes are covered by ``kill_at_every_write_point(..., most=3)``; two keep
-    this test within the suite's time."""
-    report = kill_at_every_write_point(tmp_path, ["ga"], most=2)
+    this test within the suite's time. Each chunk takes every third file."""
+    files = RUN_WRITES[chunk::_KILL_CHUNKS]
+    report = kill_at_every_write_point(tmp_path, ["ga"], most=2, files=files)
     assert report.failures == []
-    assert set(report.points) == {f"{p}:{f}" for f in RUN_WRITES for p in ("before", "after")}
-    assert report.resumed == report.identical == report.runs >= 2 * len(RUN_WRITES)
+    assert set(report.points) == {f"{p}:{f}" for f in files for p in ("before", "after")}
+    assert report.resumed == report.identical == report.runs >= 2 * len(files)
 
 
 @pytest.mark.slow

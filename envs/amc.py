@@ -410,17 +410,16 @@ class AMCSearch(Searcher):
         _, observations, actions = self._best
         policy = self.agent.policy
         inputs, targets = torch.as_tensor(observations), torch.as_tensor(actions)
-        with self._streams.active():
-            optimizer = torch.optim.Adam(
-                self.agent.actor.parameters(), lr=self.params.critic_learning_rate
-            )
-            policy.set_training_mode(True)
-            for _ in range(self.params.imitate_steps):
-                loss = torch.nn.functional.mse_loss(policy._predict(inputs, True), targets)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            policy.set_training_mode(False)
+        optimizer = torch.optim.Adam(
+            self.agent.actor.parameters(), lr=self.params.critic_learning_rate
+        )
+        policy.set_training_mode(True)
+        for _ in range(self.params.imitate_steps):  # deterministic: no random draws
+            loss = torch.nn.functional.mse_loss(policy._predict(inputs, True), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        policy.set_training_mode(False)
         target = getattr(self.agent, "actor_target", None)
         if target is not None:  # DDPG and TD3 act through a target actor in training
             target.load_state_dict(self.agent.actor.state_dict())

@@ -366,7 +366,6 @@ def test_warm_started_actor_imitates_the_best_episode(tmp_path: Path) -> None:
     with torch.no_grad():
         acted, _ = untrained.agent.predict(observations, deterministic=True)
     assert np.abs(acted - actions).max() > 0.2
-    resumed = make_searcher("amc", problem.space, seed=3, problem=problem, **settings_)
     amc.agent.predict = lambda observations, deterministic: (  # type: ignore[method-assign]
         np.ones((len(observations), 1)),
         None,
@@ -374,6 +373,7 @@ def test_warm_started_actor_imitates_the_best_episode(tmp_path: Path) -> None:
     at_bound = np.mean([amc._actions(observations) == 1.0 for _ in range(50)])
     assert 0.35 < at_bound < 0.65
     RunDir(tmp_path).save_checkpoint({"amc": amc.state_dict()})  # plain data, no pickle
+    resumed = make_searcher("amc", problem.space, seed=3, problem=problem, **settings_)
     resumed.load_state_dict(RunDir(tmp_path).load_checkpoint()["amc"])
     assert resumed._best[0] == best
     np.testing.assert_array_equal(resumed._best[2], actions)
